@@ -1,0 +1,31 @@
+//! Wire and disk records generated from `proto/raft.proto`.
+//!
+//! These are the one definition of `Entry`, `HardState`, `ConfState` and
+//! `SnapshotMeta`: the core, the stores and (later) the peer transport all use
+//! them as they are, so an entry is never converted on the hot path.
+
+#![allow(clippy::all)]
+
+include!(concat!(env!("OUT_DIR"), "/raftpb.rs"));
+
+impl Entry {
+    /// A normal entry carrying a client command (or, empty, a leader's no-op).
+    pub fn normal(index: u64, term: u64, data: bytes::Bytes) -> Entry {
+        Entry { index, term, entry_type: EntryType::EntryNormal as i32, data }
+    }
+
+    /// Whether this entry carries a configuration change.
+    pub fn is_conf_change(&self) -> bool {
+        self.entry_type == EntryType::EntryConfChange as i32
+    }
+}
+
+impl ConfState {
+    /// A configuration of voters only.
+    pub fn with_voters(voters: impl IntoIterator<Item = u64>) -> ConfState {
+        let mut voters: Vec<u64> = voters.into_iter().collect();
+        voters.sort_unstable();
+        voters.dedup();
+        ConfState { voters, learners: Vec::new() }
+    }
+}

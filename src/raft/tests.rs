@@ -1,0 +1,161 @@
+//! Unit tests of single rules of the core, driven message by message. The
+//! cluster-level behaviour is tested by the simulation in `tests/`.
+
+use bytes::Bytes;
+
+use super::election::Campaign;
+use super::*;
+use crate::proto::{ConfState, Entry, HardState};
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry::normal(index, term, Bytes::from_static(b"x"))
+}
+
+/// Member `id` of voters 1..=3 with the given durable log and term.
+fn node(id: NodeId, term: u64, entries: Vec<Entry>) -> Raft {
+    let mut cfg = Config::new(id);
+    cfg.pre_vote = false;
+    let state = InitialState {
+        hard_state: HardState { term, vote: NONE, commit: 0 },
+        entries,
+        conf: ConfState::with_voters([1, 2, 3]),
+        ..InitialState::default()
+    };
+    Raft::new(cfg, state, 0).unwrap()
+}
+
+fn msg(from: NodeId, to: NodeId, term: u64, body: Body) -> Message {
+    Message { from, to, term, body }
+}
+
+/// Makes node 1 leader of term `term + 1` and persists its no-op.
+fn elect(r: &mut Raft) {
+    r.campaign(Campaign::Election);
+    r.ready();
+    r.advance();
+    let term = r.term();
+    r.step(msg(2, 1, term, Body::VoteResponse { pre: false, granted: true }));
+    assert!(r.is_leader());
+    r.ready();
+    r.advance();
+}
+
+/// Raft §5.4.2 / Figure 8: replicas of an entry from an earlier term do not
+/// commit it; only an entry of the leader's term commits, and with it the
+/// ones before.
+#[test]
+fn previous_term_entries_are_not_committed_by_counting_replicas() {
+    let mut r = node(1, 2, vec![entry(1, 1), entry(2, 2)]);
+    elect(&mut r);
+    let term = r.term();
+    assert_eq!(r.last_index(), 3, "the new leader appended its no-op");
+    // Follower 2 now holds entries 1..=2 (of terms 1 and 2): a majority with
+    // the leader, but not of the leader's term.
+    r.step(msg(2, 1, term, Body::AppendResponse { reject: false, index: 2, hint: None }));
+    assert_eq!(r.commit_index(), 0, "committed a previous-term entry by counting replicas");
+    r.step(msg(2, 1, term, Body::AppendResponse { reject: false, index: 3, hint: None }));
+    assert_eq!(r.commit_index(), 3);
+}
+
+#[test]
+fn leader_counts_itself_only_once_its_entries_are_durable() {
+    let mut r = node(1, 1, vec![]);
+    elect(&mut r);
+    let term = r.term();
+    r.step(msg(2, 1, term, Body::AppendResponse { reject: false, index: 1, hint: None }));
+    assert_eq!(r.commit_index(), 1);
+    let index = r.propose(Bytes::from_static(b"cmd")).unwrap();
+    let rd = r.ready();
+    // The append goes out before the leader's own write (thesis §10.2.1) ...
+    assert!(
+        rd.messages
+            .iter()
+            .any(|m| matches!(&m.body, Body::Append { entries, .. } if entries.iter().any(|e| e.index == index)))
+    );
+    assert!(rd.sync);
+    // ... but with no follower acknowledgement and its own write not done, nothing commits.
+    assert_eq!(r.commit_index(), 1);
+    r.advance();
+    assert_eq!(r.commit_index(), 1, "one durable copy of three is not a majority");
+    r.step(msg(3, 1, term, Body::AppendResponse { reject: false, index, hint: None }));
+    assert_eq!(r.commit_index(), index);
+}
+
+#[test]
+fn append_is_acknowledged_only_after_it_is_durable() {
+    let mut r = node(2, 1, vec![]);
+    r.step(msg(1, 2, 1, Body::Append { prev_index: 0, prev_term: 0, entries: vec![entry(1, 1)], commit: 0 }));
+    let rd = r.ready();
+    assert_eq!(rd.entries.len(), 1);
+    assert!(rd.sync);
+    assert!(!rd.messages.iter().any(|m| matches!(m.body, Body::AppendResponse { .. })));
+    assert!(
+        rd.persisted_messages.iter().any(|m| matches!(m.body, Body::AppendResponse { reject: false, index: 1, .. }))
+    );
+}
+
+#[test]
+fn vote_is_durable_before_it_is_sent_and_given_once_per_term() {
+    let mut r = node(2, 1, vec![]);
+    r.step(msg(3, 2, 2, Body::Vote { pre: false, force: false, last_index: 0, last_term: 0 }));
+    let rd = r.ready();
+    assert_eq!(rd.hard_state.map(|hs| (hs.term, hs.vote)), Some((2, 3)));
+    assert!(rd.sync);
+    assert!(rd.messages.is_empty());
+    assert_eq!(rd.persisted_messages[0].body, Body::VoteResponse { pre: false, granted: true });
+    r.advance();
+    // Another candidate in the same term is refused.
+    r.step(msg(1, 2, 2, Body::Vote { pre: false, force: false, last_index: 5, last_term: 1 }));
+    let rd = r.ready();
+    assert_eq!(rd.persisted_messages[0].body, Body::VoteResponse { pre: false, granted: false });
+}
+
+#[test]
+fn candidate_with_a_stale_log_gets_no_vote() {
+    let mut r = node(2, 3, vec![entry(1, 1), entry(2, 3)]);
+    // Higher term, but its last entry is of term 2 < 3.
+    r.step(msg(3, 2, 4, Body::Vote { pre: false, force: false, last_index: 9, last_term: 2 }));
+    let rd = r.ready();
+    assert_eq!(rd.persisted_messages[0].body, Body::VoteResponse { pre: false, granted: false });
+    assert_eq!(r.term(), 4, "the higher term is still adopted");
+}
+
+#[test]
+fn candidate_asks_for_votes_only_after_its_own_vote_is_durable() {
+    let mut r = node(1, 1, vec![]);
+    r.campaign(Campaign::Election);
+    let rd = r.ready();
+    assert_eq!(rd.hard_state.map(|hs| (hs.term, hs.vote)), Some((2, 1)));
+    assert!(rd.messages.is_empty());
+    assert_eq!(rd.persisted_messages.len(), 2);
+}
+
+#[test]
+fn committed_entries_are_applied_only_once_durable_locally() {
+    let mut r = node(2, 1, vec![]);
+    r.step(msg(1, 2, 1, Body::Append { prev_index: 0, prev_term: 0, entries: vec![entry(1, 1)], commit: 1 }));
+    let rd = r.ready();
+    assert_eq!(r.commit_index(), 1);
+    assert!(rd.committed_entries.is_empty(), "applied before its own write was durable");
+    r.advance();
+    assert_eq!(r.ready().committed_entries.len(), 1);
+}
+
+#[test]
+fn bad_input_is_refused_without_changing_state() {
+    let mut r = node(2, 1, vec![]);
+    assert_eq!(r.propose(Bytes::new()), Err(RaftError::EmptyProposal));
+    assert_eq!(r.propose(Bytes::from_static(b"x")), Err(RaftError::NotLeader { leader: None }));
+    assert!(!r.has_ready());
+    // Inconsistent recovered state is refused up front.
+    let state = InitialState {
+        hard_state: HardState { term: 1, vote: 0, commit: 5 },
+        entries: vec![entry(1, 1)],
+        conf: ConfState::with_voters([1]),
+        ..InitialState::default()
+    };
+    assert!(matches!(Raft::new(Config::new(1), state, 0), Err(RaftError::InitialState(_))));
+    let mut cfg = Config::new(1);
+    cfg.election_tick = cfg.heartbeat_tick;
+    assert!(matches!(Raft::new(cfg, InitialState::default(), 0), Err(RaftError::Config(_))));
+}

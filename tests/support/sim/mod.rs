@@ -187,7 +187,7 @@ impl Sim {
         self.net.isolate(id, ids);
     }
 
-    /// Restores `id`'s links to every node not itself disconnected... all of them.
+    /// Restores every link of `id`, including to nodes that are themselves cut off.
     pub fn connect(&mut self, id: NodeId) {
         let ids = self.ids();
         self.net.reconnect(id, ids);

@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded; nothing else reads the environment.
     unsafe { std::env::set_var("PROTOC", protoc) };
     println!("cargo:rerun-if-changed=proto");
-    prost_build::Config::new().bytes(["."]).compile_protos(&["proto/raft.proto"], &["proto"])?;
+    let protos = ["proto/raft.proto", "proto/etcd/kv.proto", "proto/etcd/rpc.proto", "proto/command.proto"];
+    prost_build::Config::new().bytes(["."]).compile_protos(&protos, &["proto"])?;
     Ok(())
 }

@@ -3,8 +3,11 @@
 //! - [`raft`]: the consensus core. Pure and deterministic: no I/O, no clock, no threads.
 //! - [`storage`]: durability of the core's term, vote and log (RocksDB, and an
 //!   in-memory store with a power-cut model for simulation).
-//! - [`proto`]: the durable record types shared by both, generated from `proto/`.
+//! - [`kv`]: the replicated state machine, an ordered map with etcd's revisions.
+//! - [`proto`]: wire and disk records generated from `proto/` (Raft records,
+//!   etcd's v3 API, the command a log entry carries).
 
+pub mod kv;
 pub mod proto;
 pub mod raft;
 pub mod storage;

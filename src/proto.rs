@@ -1,4 +1,6 @@
-//! Wire and disk records generated from `proto/raft.proto`.
+//! Wire and disk records generated from `proto/`: the Raft records (at this
+//! module's root), etcd's v3 API (`etcdserverpb`, `mvccpb`) and the command a
+//! log entry carries (`raftkvpb`).
 //!
 //! These are the one definition of `Entry`, `HardState`, `ConfState` and
 //! `SnapshotMeta`: the core, the stores and (later) the peer transport all use
@@ -7,6 +9,18 @@
 #![allow(clippy::all)]
 
 include!(concat!(env!("OUT_DIR"), "/raftpb.rs"));
+
+pub mod mvccpb {
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));
+}
+
+pub mod etcdserverpb {
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
+}
+
+pub mod raftkvpb {
+    include!(concat!(env!("OUT_DIR"), "/raftkvpb.rs"));
+}
 
 impl Entry {
     /// A normal entry carrying a client command (or, empty, a leader's no-op).

@@ -1,0 +1,265 @@
+//! etcd semantics of the state machine, rule by rule.
+
+use bytes::Bytes;
+
+use super::*;
+use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
+use crate::proto::etcdserverpb::{Compare, RequestOp, TxnRequest, TxnResponse, request_op};
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn put(kv: &mut KvStore, key: &str, value: &str) -> PutResponse {
+    let req = PutRequest { key: b(key), value: b(value), prev_kv: true, ..Default::default() };
+    match kv.apply(&put_command(req)).unwrap().response {
+        Some(response_op::Response::ResponsePut(r)) => r,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn del(kv: &mut KvStore, key: &str, end: &str) -> DeleteRangeResponse {
+    let req = DeleteRangeRequest { key: b(key), range_end: b(end), prev_kv: true };
+    match kv.apply(&delete_command(req)).unwrap().response {
+        Some(response_op::Response::ResponseDeleteRange(r)) => r,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn get(kv: &KvStore, key: &str, end: &str) -> RangeResponse {
+    kv.range(&RangeRequest { key: b(key), range_end: b(end), ..Default::default() }).unwrap()
+}
+
+fn keys(r: &RangeResponse) -> Vec<String> {
+    r.kvs.iter().map(|kv| String::from_utf8(kv.key.to_vec()).unwrap()).collect()
+}
+
+fn txn(kv: &mut KvStore, req: TxnRequest) -> Result<TxnResponse, KvError> {
+    kv.apply(&txn_command(req)).map(|r| match r.response {
+        Some(response_op::Response::ResponseTxn(t)) => t,
+        other => panic!("unexpected {other:?}"),
+    })
+}
+
+fn op_put(key: &str, value: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: b(key),
+            value: b(value),
+            ..Default::default()
+        })),
+    }
+}
+
+fn op_get(key: &str) -> RequestOp {
+    RequestOp { request: Some(request_op::Request::RequestRange(RangeRequest { key: b(key), ..Default::default() })) }
+}
+
+fn cmp(key: &str, result: CompareResult, target: CompareTarget, operand: TargetUnion) -> Compare {
+    Compare {
+        result: result as i32,
+        target: target as i32,
+        key: b(key),
+        target_union: Some(operand),
+        range_end: Bytes::new(),
+    }
+}
+
+#[test]
+fn revisions_follow_etcd() {
+    let mut kv = KvStore::new();
+    assert_eq!(kv.revision(), 1, "a new store is at revision 1");
+    put(&mut kv, "a", "1");
+    let a = &get(&kv, "a", "").kvs[0];
+    assert_eq!((a.create_revision, a.mod_revision, a.version), (2, 2, 1));
+    let r = put(&mut kv, "a", "2");
+    assert_eq!(r.prev_kv.unwrap().value, b("1"));
+    let a = &get(&kv, "a", "").kvs[0];
+    assert_eq!((a.create_revision, a.mod_revision, a.version, kv.revision()), (2, 3, 2, 3));
+
+    // Deleting nothing changes no revision; deleting something does.
+    assert_eq!(del(&mut kv, "zzz", "").deleted, 0);
+    assert_eq!(kv.revision(), 3);
+    let d = del(&mut kv, "a", "");
+    assert_eq!((d.deleted, d.prev_kvs[0].value.clone(), kv.revision()), (1, b("2"), 4));
+    // Re-created: a new life with a new create revision and version 1.
+    put(&mut kv, "a", "3");
+    let a = &get(&kv, "a", "").kvs[0];
+    assert_eq!((a.create_revision, a.mod_revision, a.version), (5, 5, 1));
+}
+
+#[test]
+fn range_forms_limit_count_and_keys_only() {
+    let mut kv = KvStore::new();
+    for k in ["a", "ab", "abc", "b", "c"] {
+        put(&mut kv, k, &format!("v-{k}"));
+    }
+    assert_eq!(keys(&get(&kv, "ab", "")), ["ab"]);
+    assert_eq!(keys(&get(&kv, "a", "b")), ["a", "ab", "abc"], "prefix a: [a, b)");
+    assert_eq!(keys(&get(&kv, "b", "\0")), ["b", "c"], "\\0: everything from the key on");
+    assert_eq!(keys(&get(&kv, "\0", "\0")), ["a", "ab", "abc", "b", "c"]);
+    assert!(get(&kv, "c", "a").kvs.is_empty(), "an inverted range is empty");
+
+    let limited = kv.range(&RangeRequest { key: b("a"), range_end: b("\0"), limit: 2, ..Default::default() }).unwrap();
+    assert_eq!((keys(&limited), limited.more, limited.count), (vec!["a".into(), "ab".into()], true, 5));
+    let counted =
+        kv.range(&RangeRequest { key: b("a"), range_end: b("b"), count_only: true, ..Default::default() }).unwrap();
+    assert_eq!((counted.kvs.len(), counted.count, counted.more), (0, 3, false));
+    let keys_only = kv.range(&RangeRequest { key: b("a"), keys_only: true, ..Default::default() }).unwrap();
+    assert_eq!((keys_only.kvs[0].key.clone(), keys_only.kvs[0].value.is_empty()), (b("a"), true));
+}
+
+#[test]
+fn range_sorts_and_filters() {
+    let mut kv = KvStore::new();
+    put(&mut kv, "b", "1"); // rev 2
+    put(&mut kv, "a", "3"); // rev 3
+    put(&mut kv, "c", "2"); // rev 4
+    put(&mut kv, "b", "9"); // rev 5
+    let sorted = |order: SortOrder, target: SortTarget| {
+        let req = RangeRequest {
+            key: b("a"),
+            range_end: b("\0"),
+            sort_order: order as i32,
+            sort_target: target as i32,
+            ..Default::default()
+        };
+        keys(&kv.range(&req).unwrap())
+    };
+    assert_eq!(sorted(SortOrder::Descend, SortTarget::Key), ["c", "b", "a"]);
+    assert_eq!(sorted(SortOrder::Ascend, SortTarget::Mod), ["a", "c", "b"]);
+    assert_eq!(sorted(SortOrder::None, SortTarget::Create), ["b", "a", "c"], "NONE with a target sorts ascending");
+    assert_eq!(sorted(SortOrder::Descend, SortTarget::Value), ["b", "a", "c"]);
+    assert_eq!(sorted(SortOrder::Descend, SortTarget::Version)[0], "b", "b was written twice");
+    let req = RangeRequest { key: b("a"), range_end: b("\0"), min_mod_revision: 4, ..Default::default() };
+    assert_eq!(keys(&kv.range(&req).unwrap()), ["b", "c"]);
+}
+
+#[test]
+fn range_at_old_or_future_revision_is_refused() {
+    let mut kv = KvStore::new();
+    put(&mut kv, "a", "1");
+    put(&mut kv, "a", "2");
+    let at = |rev| kv.range(&RangeRequest { key: b("a"), revision: rev, ..Default::default() });
+    assert_eq!(at(99), Err(KvError::FutureRevision));
+    assert_eq!(at(2), Err(KvError::Compacted));
+    assert_eq!(at(3).unwrap().kvs[0].value, b("2"));
+    assert_eq!(kv.range(&RangeRequest::default()), Err(KvError::KeyNotProvided));
+}
+
+#[test]
+fn put_options_and_bad_puts_change_nothing() {
+    let mut kv = KvStore::new();
+    let apply = |kv: &mut KvStore, req: PutRequest| kv.apply(&put_command(req));
+    assert_eq!(apply(&mut kv, PutRequest { key: Bytes::new(), ..Default::default() }), Err(KvError::KeyNotProvided));
+    let ignore = PutRequest { key: b("a"), ignore_value: true, ..Default::default() };
+    assert_eq!(apply(&mut kv, ignore.clone()), Err(KvError::KeyNotFound));
+    let leased = PutRequest { key: b("a"), lease: 7, ..Default::default() };
+    assert_eq!(apply(&mut kv, leased), Err(KvError::LeaseNotFound));
+    assert_eq!((kv.revision(), kv.len()), (1, 0), "refused puts changed the store");
+
+    put(&mut kv, "a", "kept");
+    let with_value = PutRequest { key: b("a"), value: b("x"), ignore_value: true, ..Default::default() };
+    assert_eq!(apply(&mut kv, with_value), Err(KvError::ValueProvided));
+    apply(&mut kv, ignore).unwrap();
+    let a = &get(&kv, "a", "").kvs[0];
+    assert_eq!((a.value.clone(), a.version), (b("kept"), 2), "ignore_value keeps the value, bumps the version");
+}
+
+#[test]
+fn txn_compare_and_swap() {
+    let mut kv = KvStore::new();
+    put(&mut kv, "k", "old");
+    let cas = |expected: &str, new: &str| TxnRequest {
+        compare: vec![cmp("k", CompareResult::Equal, CompareTarget::Value, TargetUnion::Value(b(expected)))],
+        success: vec![op_put("k", new)],
+        failure: vec![op_get("k")],
+    };
+    let won = txn(&mut kv, cas("old", "new")).unwrap();
+    assert!(won.succeeded);
+    assert_eq!(get(&kv, "k", "").kvs[0].value, b("new"));
+    let lost = txn(&mut kv, cas("old", "newer")).unwrap();
+    assert!(!lost.succeeded);
+    match &lost.responses[0].response {
+        Some(response_op::Response::ResponseRange(r)) => assert_eq!(r.kvs[0].value, b("new")),
+        other => panic!("failure branch answered {other:?}"),
+    }
+    assert_eq!(kv.revision(), 3, "a transaction that wrote nothing keeps the revision");
+}
+
+#[test]
+fn txn_compares_on_revisions_and_missing_keys() {
+    let mut kv = KvStore::new();
+    put(&mut kv, "k", "v"); // rev 2
+    let check = |kv: &mut KvStore, c: Compare| {
+        txn(kv, TxnRequest { compare: vec![c], ..Default::default() }).unwrap().succeeded
+    };
+    assert!(check(&mut kv, cmp("k", CompareResult::Equal, CompareTarget::Mod, TargetUnion::ModRevision(2))));
+    assert!(check(&mut kv, cmp("k", CompareResult::Greater, CompareTarget::Create, TargetUnion::CreateRevision(1))));
+    assert!(check(&mut kv, cmp("k", CompareResult::Less, CompareTarget::Version, TargetUnion::Version(2))));
+    assert!(check(&mut kv, cmp("k", CompareResult::NotEqual, CompareTarget::Value, TargetUnion::Value(b("w")))));
+    // The create-if-absent idiom: a missing key has version 0 ...
+    assert!(check(&mut kv, cmp("absent", CompareResult::Equal, CompareTarget::Version, TargetUnion::Version(0))));
+    // ... and any value comparison on it fails, even "not equal".
+    assert!(!check(&mut kv, cmp("absent", CompareResult::NotEqual, CompareTarget::Value, TargetUnion::Value(b("x")))));
+}
+
+#[test]
+fn txn_writes_share_one_revision_and_reads_see_earlier_writes() {
+    let mut kv = KvStore::new();
+    let resp = txn(
+        &mut kv,
+        TxnRequest { success: vec![op_put("a", "1"), op_put("b", "2"), op_get("a")], ..Default::default() },
+    )
+    .unwrap();
+    assert_eq!(kv.revision(), 2);
+    assert_eq!(get(&kv, "a", "").kvs[0].mod_revision, 2);
+    assert_eq!(get(&kv, "b", "").kvs[0].mod_revision, 2);
+    match &resp.responses[2].response {
+        Some(response_op::Response::ResponseRange(r)) => assert_eq!(r.kvs[0].value, b("1")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn refused_txns_change_nothing() {
+    let mut kv = KvStore::new();
+    put(&mut kv, "a", "1");
+    let dup = TxnRequest { success: vec![op_put("x", "1"), op_put("x", "2")], ..Default::default() };
+    assert_eq!(txn(&mut kv, dup), Err(KvError::DuplicateKey));
+    let too_many = TxnRequest {
+        success: (0..=MAX_TXN_OPS).map(|i| op_put(&format!("k{i}"), "v")).collect(),
+        ..Default::default()
+    };
+    assert_eq!(txn(&mut kv, too_many), Err(KvError::TooManyOps));
+    // A failure after a successful op leaves no trace of it.
+    let bad_second = RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: b("missing"),
+            ignore_value: true,
+            ..Default::default()
+        })),
+    };
+    let half = TxnRequest { success: vec![op_put("y", "1"), bad_second], ..Default::default() };
+    assert_eq!(txn(&mut kv, half), Err(KvError::KeyNotFound));
+    assert_eq!((kv.revision(), kv.len()), (2, 1));
+    assert!(get(&kv, "y", "").kvs.is_empty());
+    // A nested transaction writing one key in both branches is fine.
+    let inner = TxnRequest { success: vec![op_put("z", "s")], failure: vec![op_put("z", "f")], ..Default::default() };
+    let nested = RequestOp { request: Some(request_op::Request::RequestTxn(inner)) };
+    txn(&mut kv, TxnRequest { success: vec![nested], ..Default::default() }).unwrap();
+    assert_eq!(get(&kv, "z", "").kvs[0].value, b("s"));
+}
+
+#[test]
+fn hash_is_equal_for_equal_histories() {
+    let (mut a, mut b2) = (KvStore::new(), KvStore::new());
+    for kv in [&mut a, &mut b2] {
+        put(kv, "x", "1");
+        put(kv, "y", "2");
+    }
+    assert_eq!(a.hash(), b2.hash());
+    put(&mut a, "x", "1");
+    assert_ne!(a.hash(), b2.hash(), "same values, different revisions");
+}

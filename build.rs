@@ -6,7 +6,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded; nothing else reads the environment.
     unsafe { std::env::set_var("PROTOC", protoc) };
     println!("cargo:rerun-if-changed=proto");
-    let protos = ["proto/raft.proto", "proto/etcd/kv.proto", "proto/etcd/rpc.proto", "proto/command.proto"];
-    prost_build::Config::new().bytes(["."]).compile_protos(&protos, &["proto"])?;
+    let records = ["proto/raft.proto", "proto/etcd/kv.proto", "proto/command.proto"];
+    prost_build::Config::new().bytes(["."]).compile_protos(&records, &["proto"])?;
+    // The services (and their messages) with gRPC stubs; the records they
+    // use are the ones generated above.
+    tonic_prost_build::configure()
+        .bytes(".")
+        .extern_path(".raftpb", "crate::proto")
+        .extern_path(".mvccpb", "crate::proto::mvccpb")
+        .extern_path(".raftkvpb", "crate::proto::raftkvpb")
+        .compile_protos(&["proto/etcd/rpc.proto", "proto/peer.proto"], &["proto"])?;
     Ok(())
 }

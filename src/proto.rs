@@ -1,6 +1,6 @@
 //! Wire and disk records generated from `proto/`: the Raft records (at this
 //! module's root), etcd's v3 API (`etcdserverpb`, `mvccpb`) and the command a
-//! log entry carries (`raftkvpb`).
+//! log entry carries (`raftkvpb`), and the peer protocol (`raftpeer`).
 //!
 //! These are the one definition of `Entry`, `HardState`, `ConfState` and
 //! `SnapshotMeta`: the core, the stores and (later) the peer transport all use
@@ -20,6 +20,10 @@ pub mod etcdserverpb {
 
 pub mod raftkvpb {
     include!(concat!(env!("OUT_DIR"), "/raftkvpb.rs"));
+}
+
+pub mod raftpeer {
+    include!(concat!(env!("OUT_DIR"), "/raftpeer.rs"));
 }
 
 impl Entry {

@@ -26,7 +26,7 @@ use crate::proto::etcdserverpb::{
 use crate::proto::mvccpb::KeyValue;
 use crate::proto::raftkvpb::{Command, command};
 
-pub use range::KeyRange;
+pub use range::{KeyRange, prefix_end};
 
 /// Most operations one transaction may hold (etcd's `--max-txn-ops` default).
 pub const MAX_TXN_OPS: usize = 128;

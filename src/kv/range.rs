@@ -115,3 +115,16 @@ fn sort(kvs: &mut [KeyValue], req: &RangeRequest) {
         kvs.reverse();
     }
 }
+
+/// The smallest key after every key that starts with `prefix` (etcd's
+/// `--prefix`): the range end that makes `[prefix, end)` the prefix.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0] // only 0xff bytes: every key from the prefix on
+}

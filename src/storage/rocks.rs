@@ -22,6 +22,7 @@ const CF_LOG: &str = "raft_log";
 const CF_META: &str = "meta";
 const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
+const KEY_IDENTITY: &[u8] = b"identity";
 /// How many recent terms stay cached.
 const TERM_CACHE: usize = 16 * 1024;
 
@@ -71,6 +72,28 @@ impl RocksStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The (cluster id, member id) this data directory belongs to, if set.
+    pub fn identity(&self) -> Result<Option<(u64, u64)>> {
+        let Some(value) = self.db.get_pinned_cf(self.cf(CF_META), KEY_IDENTITY).map_err(rocks("read identity"))? else {
+            return Ok(None);
+        };
+        let corrupt = |reason: String| StorageError::Corruption { cf: CF_META, key: "identity".into(), reason };
+        let payload = decode_frame(KEY_IDENTITY, &value).map_err(corrupt)?;
+        let ids: [u8; 16] = payload.try_into().map_err(|_| corrupt(format!("{} bytes, expected 16", payload.len())))?;
+        let (cluster, member) = ids.split_at(8);
+        Ok(Some((u64::from_be_bytes(cluster.try_into().unwrap()), u64::from_be_bytes(member.try_into().unwrap()))))
+    }
+
+    /// Records which cluster and member this data directory belongs to.
+    pub fn set_identity(&mut self, cluster_id: u64, member_id: u64) -> Result<()> {
+        let payload = [cluster_id.to_be_bytes(), member_id.to_be_bytes()].concat();
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_META), KEY_IDENTITY, encode_frame(KEY_IDENTITY, &payload));
+        self.db.write_opt(batch, &opts).map_err(rocks("write identity"))
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {

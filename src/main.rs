@@ -1,0 +1,251 @@
+//! The `raftkv` command: run a member (`server`), a local cluster (`dev`),
+//! or talk to a cluster (`put`, `get`, `del`, `status`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use raftkv::client::Client;
+use raftkv::kv::prefix_end;
+use raftkv::proto::etcdserverpb::{DeleteRangeRequest, RangeRequest};
+use raftkv::server::{self, ServerArgs, Settings};
+use tokio::sync::watch;
+
+/// The endpoints of the cluster `raftkv dev` starts.
+const DEV_ENDPOINTS: &str = "http://127.0.0.1:2379,http://127.0.0.1:22379,http://127.0.0.1:32379";
+
+#[derive(Parser)]
+#[command(name = "raftkv", version)]
+#[command(about = "A replicated, strongly consistent key-value store with an etcd v3 compatible API")]
+#[command(long_about = "A replicated, strongly consistent key-value store with an etcd v3 compatible API.\n\n\
+Start a local 3-member cluster with `raftkv dev`, then try `raftkv put greeting hello` and\n\
+`raftkv get greeting`. etcdctl and etcd client libraries work against the same endpoints.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one member of a cluster. Takes etcd's flag names; each flag can also be
+    /// set as RAFTKV_<FLAG> (e.g. RAFTKV_DATA_DIR) or in a --config TOML file.
+    Server {
+        #[command(flatten)]
+        args: Box<ServerArgs>,
+        /// A TOML file of the same settings, kebab-case keys (e.g. `data-dir = "/var/lib/raftkv"`).
+        /// Flags and environment variables win over it.
+        #[arg(long, env = "RAFTKV_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Start a local 3-member cluster in this process (clients on ports 2379, 22379,
+    /// 32379; peers on 2380, 22380, 32380). Ctrl-C stops it; data stays in --dir.
+    Dev {
+        /// Where the members keep their data (one subdirectory each).
+        #[arg(long, default_value = "raftkv-dev")]
+        dir: PathBuf,
+    },
+    /// Write a key.
+    Put {
+        key: String,
+        value: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Read a key, or every key with a prefix. Linearizable unless --serializable.
+    Get {
+        key: String,
+        /// Every key starting with KEY.
+        #[arg(long)]
+        prefix: bool,
+        /// Read the contacted member's state without confirming with the leader (may be stale).
+        #[arg(long)]
+        serializable: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Delete a key, or every key with a prefix; prints how many were deleted.
+    Del {
+        key: String,
+        /// Every key starting with KEY.
+        #[arg(long)]
+        prefix: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// A table of the members: id, address, leader, term, commit, applied, revision.
+    Status {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(clap::Args)]
+struct Conn {
+    /// Comma-separated client URLs of the cluster.
+    #[arg(long, env = "RAFTKV_ENDPOINTS", default_value = DEV_ENDPOINTS, value_delimiter = ',')]
+    endpoints: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.command {
+        Command::Server { .. } | Command::Dev { .. } => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RAFTKV_LOG").unwrap_or_else(|_| level.into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    /// A bad flag or setting: exit code 2, like a clap usage error.
+    Usage(String),
+    Runtime(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Failure {
+        Failure::Runtime(e.into())
+    }
+}
+
+async fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Server { args, config } => {
+            let args = *args;
+            let args = match config {
+                Some(path) => args.over(ServerArgs::from_file(&path).map_err(|e| Failure::Usage(e.to_string()))?),
+                None => args,
+            };
+            let settings = args.resolve().map_err(|e| Failure::Usage(e.to_string()))?;
+            let stop = stop_on_signal();
+            server::serve(settings, stop).await?;
+        }
+        Command::Dev { dir } => dev(dir).await?,
+        Command::Put { key, value, conn } => {
+            let mut client = Client::connect(&conn.endpoints).await?;
+            client.put(key, value).await?;
+            println!("OK");
+        }
+        Command::Get { key, prefix, serializable, conn } => {
+            let mut client = Client::connect(&conn.endpoints).await?;
+            let range_end = if prefix { prefix_end(key.as_bytes()) } else { Vec::new() };
+            let req = RangeRequest { key: key.into(), range_end: range_end.into(), serializable, ..Default::default() };
+            for kv in client.range(req).await?.kvs {
+                println!("{}\n{}", String::from_utf8_lossy(&kv.key), String::from_utf8_lossy(&kv.value));
+            }
+        }
+        Command::Del { key, prefix, conn } => {
+            let mut client = Client::connect(&conn.endpoints).await?;
+            let range_end = if prefix { prefix_end(key.as_bytes()) } else { Vec::new() };
+            let req = DeleteRangeRequest { key: key.into(), range_end: range_end.into(), prev_kv: false };
+            println!("{}", client.delete(req).await?.deleted);
+        }
+        Command::Status { conn } => status(&conn.endpoints).await?,
+    }
+    Ok(())
+}
+
+/// A watch that turns true on SIGINT or SIGTERM.
+fn stop_on_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::info!("stopping");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+async fn dev(dir: PathBuf) -> anyhow::Result<()> {
+    let names = ["infra1", "infra2", "infra3"];
+    let ports = [(2379, 2380), (22379, 22380), (32379, 32380)];
+    let initial_cluster: Vec<String> =
+        names.iter().zip(ports).map(|(n, (_, peer))| format!("{n}=http://127.0.0.1:{peer}")).collect();
+    let mut settings: Vec<Settings> = Vec::new();
+    for (name, (client, peer)) in names.iter().zip(ports) {
+        let args = ServerArgs {
+            name: Some(name.to_string()),
+            data_dir: Some(dir.join(name)),
+            listen_client_urls: Some(format!("http://127.0.0.1:{client}")),
+            listen_peer_urls: Some(format!("http://127.0.0.1:{peer}")),
+            initial_advertise_peer_urls: Some(format!("http://127.0.0.1:{peer}")),
+            initial_cluster: Some(initial_cluster.join(",")),
+            initial_cluster_token: Some("raftkv-dev".into()),
+            ..ServerArgs::default()
+        };
+        settings.push(args.resolve()?);
+    }
+    let stop = stop_on_signal();
+    let members = settings.into_iter().map(|s| tokio::spawn(server::serve(s, stop.clone())));
+    let members: Vec<_> = members.collect();
+    println!(
+        "raftkv dev cluster: 3 members, data in {dir}\n\
+         \n  endpoints: {DEV_ENDPOINTS}\n\
+         \nTry, in another terminal:\n\
+         \n  raftkv put greeting hello\n  raftkv get greeting\n  raftkv status\n  curl -s localhost:2379/v1/kv/greeting\n\
+         \nCtrl-C stops the cluster.",
+        dir = dir.display()
+    );
+    let mut failure = None;
+    for member in members {
+        if let Err(e) = member.await? {
+            failure.get_or_insert(e);
+        }
+    }
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+async fn status(endpoints: &[String]) -> anyhow::Result<()> {
+    println!(
+        "{:<28} {:>16} {:>6} {:>6} {:>8} {:>8} {:>9}",
+        "ENDPOINT", "ID", "LEADER", "TERM", "COMMIT", "APPLIED", "REVISION"
+    );
+    let mut reachable = 0;
+    for endpoint in endpoints {
+        match Client::status_of(endpoint).await {
+            Ok(s) => {
+                reachable += 1;
+                let header = s.header.unwrap_or_default();
+                let leader = if s.leader == header.member_id { "yes" } else { "no" };
+                println!(
+                    "{:<28} {:>16x} {:>6} {:>6} {:>8} {:>8} {:>9}",
+                    endpoint,
+                    header.member_id,
+                    leader,
+                    s.raft_term,
+                    s.raft_index,
+                    s.raft_applied_index,
+                    header.revision
+                );
+            }
+            Err(e) => println!("{endpoint:<28} unreachable: {e}"),
+        }
+    }
+    anyhow::ensure!(reachable > 0, "no endpoint answered");
+    Ok(())
+}

@@ -1,0 +1,310 @@
+//! Server settings: etcd's flag names, from flags, `RAFTKV_*` environment
+//! variables or a TOML file (in that order of precedence), validated into the
+//! [`Settings`] the server runs with. Every error names the setting.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Settings as given: every field optional, so that flags, environment and
+/// file can be layered.
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServerArgs {
+    /// Human-readable name of this member; must appear in --initial-cluster.
+    #[arg(long, env = "RAFTKV_NAME")]
+    pub name: Option<String>,
+    /// Where this member keeps its data (created if missing).
+    #[arg(long, env = "RAFTKV_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Comma-separated URLs to serve clients (gRPC and HTTP) on.
+    #[arg(long, env = "RAFTKV_LISTEN_CLIENT_URLS")]
+    pub listen_client_urls: Option<String>,
+    /// Comma-separated client URLs this member tells others about.
+    #[arg(long, env = "RAFTKV_ADVERTISE_CLIENT_URLS")]
+    pub advertise_client_urls: Option<String>,
+    /// Comma-separated URLs to serve peers on.
+    #[arg(long, env = "RAFTKV_LISTEN_PEER_URLS")]
+    pub listen_peer_urls: Option<String>,
+    /// Comma-separated peer URLs of this member, as the others reach it.
+    #[arg(long, env = "RAFTKV_INITIAL_ADVERTISE_PEER_URLS")]
+    pub initial_advertise_peer_urls: Option<String>,
+    /// Every initial member as name=peer-url, comma-separated.
+    #[arg(long, env = "RAFTKV_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// "new": this member bootstraps a new cluster (the only state supported).
+    #[arg(long, env = "RAFTKV_INITIAL_CLUSTER_STATE")]
+    pub initial_cluster_state: Option<String>,
+    /// A token unique to this cluster; it seeds the cluster and member ids.
+    #[arg(long, env = "RAFTKV_INITIAL_CLUSTER_TOKEN")]
+    pub initial_cluster_token: Option<String>,
+    /// Milliseconds between heartbeats (one Raft tick).
+    #[arg(long, env = "RAFTKV_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<u64>,
+    /// Milliseconds without a leader before a member campaigns.
+    #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT")]
+    pub election_timeout: Option<u64>,
+    /// Largest client request accepted, in bytes.
+    #[arg(long, env = "RAFTKV_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting `{field}`: {reason}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError { field, reason: reason.into() }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    pub name: String,
+    pub peer_url: String,
+}
+
+/// What the server runs with.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub client_addrs: Vec<SocketAddr>,
+    pub advertise_client_urls: Vec<String>,
+    pub peer_addrs: Vec<SocketAddr>,
+    pub members: Vec<Member>,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub heartbeat: Duration,
+    pub election_ticks: u32,
+    pub max_request_bytes: usize,
+}
+
+impl Settings {
+    pub fn member(&self, id: u64) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == id)
+    }
+}
+
+impl ServerArgs {
+    /// Reads a TOML file of the same settings (kebab-case keys).
+    pub fn from_file(path: &std::path::Path) -> Result<ServerArgs, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| invalid("config", format!("{}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| invalid("config", format!("{}: {e}", path.display())))
+    }
+
+    /// Each setting given here wins over the one in `file`.
+    pub fn over(self, file: ServerArgs) -> ServerArgs {
+        ServerArgs {
+            name: self.name.or(file.name),
+            data_dir: self.data_dir.or(file.data_dir),
+            listen_client_urls: self.listen_client_urls.or(file.listen_client_urls),
+            advertise_client_urls: self.advertise_client_urls.or(file.advertise_client_urls),
+            listen_peer_urls: self.listen_peer_urls.or(file.listen_peer_urls),
+            initial_advertise_peer_urls: self.initial_advertise_peer_urls.or(file.initial_advertise_peer_urls),
+            initial_cluster: self.initial_cluster.or(file.initial_cluster),
+            initial_cluster_state: self.initial_cluster_state.or(file.initial_cluster_state),
+            initial_cluster_token: self.initial_cluster_token.or(file.initial_cluster_token),
+            heartbeat_interval: self.heartbeat_interval.or(file.heartbeat_interval),
+            election_timeout: self.election_timeout.or(file.election_timeout),
+            max_request_bytes: self.max_request_bytes.or(file.max_request_bytes),
+        }
+    }
+
+    /// Applies etcd's defaults and checks everything.
+    pub fn resolve(self) -> Result<Settings, ConfigError> {
+        let name = self.name.unwrap_or_else(|| "default".into());
+        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from(format!("{name}.raftkv")));
+        let client_urls = split(self.listen_client_urls.as_deref().unwrap_or("http://127.0.0.1:2379"));
+        let client_addrs = socket_addrs("listen-client-urls", &client_urls)?;
+        let advertise_client_urls =
+            self.advertise_client_urls.map(|s| split(&s)).unwrap_or_else(|| client_urls.clone());
+        let peer_urls = split(self.listen_peer_urls.as_deref().unwrap_or("http://127.0.0.1:2380"));
+        let peer_addrs = socket_addrs("listen-peer-urls", &peer_urls)?;
+        let advertise_peer = self.initial_advertise_peer_urls.map(|s| split(&s)).unwrap_or_else(|| peer_urls.clone());
+        let state = self.initial_cluster_state.unwrap_or_else(|| "new".into());
+        if state != "new" {
+            return Err(invalid("initial-cluster-state", format!("`{state}` is not supported; only `new` is")));
+        }
+        let token = self.initial_cluster_token.unwrap_or_else(|| "raftkv-cluster".into());
+        let initial_cluster = self.initial_cluster.unwrap_or_else(|| format!("{name}={}", advertise_peer[0]));
+        let members = parse_initial_cluster(&initial_cluster, &token)?;
+        let me = members.iter().find(|m| m.name == name).ok_or_else(|| {
+            invalid("initial-cluster", format!("this member's name `{name}` is not in `{initial_cluster}`"))
+        })?;
+        if !advertise_peer.contains(&me.peer_url) {
+            return Err(invalid(
+                "initial-advertise-peer-urls",
+                format!("{advertise_peer:?} does not contain {}, this member's URL in --initial-cluster", me.peer_url),
+            ));
+        }
+        let heartbeat_ms = self.heartbeat_interval.unwrap_or(100);
+        let election_ms = self.election_timeout.unwrap_or(1000);
+        if heartbeat_ms == 0 {
+            return Err(invalid("heartbeat-interval", "must be at least 1 ms"));
+        }
+        if election_ms < 5 * heartbeat_ms {
+            return Err(invalid(
+                "election-timeout",
+                format!("{election_ms} ms must be at least 5 heartbeat intervals ({} ms)", 5 * heartbeat_ms),
+            ));
+        }
+        let max_request_bytes = self.max_request_bytes.unwrap_or(1536 * 1024);
+        if max_request_bytes == 0 {
+            return Err(invalid("max-request-bytes", "must be positive"));
+        }
+        let mut ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+        ids.sort_unstable();
+        Ok(Settings {
+            member_id: me.id,
+            cluster_id: cluster_id(&token, &ids),
+            name,
+            data_dir,
+            client_addrs,
+            advertise_client_urls,
+            peer_addrs,
+            members,
+            heartbeat: Duration::from_millis(heartbeat_ms),
+            election_ticks: (election_ms / heartbeat_ms) as u32,
+            max_request_bytes,
+        })
+    }
+}
+
+fn split(list: &str) -> Vec<String> {
+    list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+}
+
+/// `http://host:port` → a socket address to listen on.
+fn socket_addrs(field: &'static str, urls: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
+    if urls.is_empty() {
+        return Err(invalid(field, "no URL given"));
+    }
+    urls.iter()
+        .map(|url| {
+            let hostport = url
+                .strip_prefix("http://")
+                .ok_or_else(|| invalid(field, format!("`{url}`: only http:// URLs are supported")))?;
+            hostport
+                .to_socket_addrs()
+                .map_err(|e| invalid(field, format!("`{url}`: {e}")))?
+                .next()
+                .ok_or_else(|| invalid(field, format!("`{url}` resolves to no address")))
+        })
+        .collect()
+}
+
+/// `name=url,name=url` → members, with ids derived from the token and name.
+pub fn parse_initial_cluster(list: &str, token: &str) -> Result<Vec<Member>, ConfigError> {
+    let mut members: Vec<Member> = Vec::new();
+    for item in split(list) {
+        let (name, url) =
+            item.split_once('=').ok_or_else(|| invalid("initial-cluster", format!("`{item}` is not name=peer-url")))?;
+        if name.is_empty() || !url.starts_with("http://") {
+            return Err(invalid("initial-cluster", format!("`{item}` is not name=http://host:port")));
+        }
+        if members.iter().any(|m| m.name == name) {
+            return Err(invalid("initial-cluster", format!("member `{name}` is listed twice")));
+        }
+        members.push(Member { id: member_id(token, name), name: name.into(), peer_url: url.into() });
+    }
+    if members.is_empty() {
+        return Err(invalid("initial-cluster", "no members"));
+    }
+    Ok(members)
+}
+
+/// A stable 64-bit id from two crc32s; never 0 (which means "none" to Raft).
+fn stable_id(a: &[u8], b: &[u8]) -> u64 {
+    let hi = crc32fast::hash(&[a, b"/", b].concat()) as u64;
+    let lo = crc32fast::hash(&[b, b"/", a].concat()) as u64;
+    ((hi << 32) | lo).max(1)
+}
+
+pub fn member_id(token: &str, name: &str) -> u64 {
+    stable_id(token.as_bytes(), name.as_bytes())
+}
+
+fn cluster_id(token: &str, ids: &[u64]) -> u64 {
+    let ids: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
+    stable_id(token.as_bytes(), &ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn three() -> ServerArgs {
+        ServerArgs {
+            name: Some("b".into()),
+            initial_cluster: Some("a=http://127.0.0.1:1,b=http://127.0.0.1:2,c=http://127.0.0.1:3".into()),
+            initial_advertise_peer_urls: Some("http://127.0.0.1:2".into()),
+            listen_peer_urls: Some("http://127.0.0.1:2".into()),
+            ..ServerArgs::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_etcds() {
+        let s = ServerArgs::default().resolve().unwrap();
+        assert_eq!(s.name, "default");
+        assert_eq!(s.client_addrs, vec!["127.0.0.1:2379".parse().unwrap()]);
+        assert_eq!(s.peer_addrs, vec!["127.0.0.1:2380".parse().unwrap()]);
+        assert_eq!((s.heartbeat, s.election_ticks, s.max_request_bytes), (Duration::from_millis(100), 10, 1572864));
+        assert_eq!(s.members.len(), 1);
+    }
+
+    #[test]
+    fn every_member_derives_the_same_ids() {
+        let b = three().resolve().unwrap();
+        let a = ServerArgs {
+            name: Some("a".into()),
+            initial_advertise_peer_urls: Some("http://127.0.0.1:1".into()),
+            ..three()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(a.cluster_id, b.cluster_id);
+        assert_eq!(a.members, b.members);
+        assert_ne!(a.member_id, b.member_id);
+        let other = ServerArgs { initial_cluster_token: Some("other".into()), ..three() }.resolve().unwrap();
+        assert_ne!(other.cluster_id, b.cluster_id, "the token separates clusters");
+    }
+
+    #[test]
+    fn bad_settings_name_the_field() {
+        let cases = [
+            (ServerArgs { name: Some("zz".into()), ..three() }, "initial-cluster"),
+            (ServerArgs { initial_cluster: Some("a=ftp://x".into()), ..three() }, "initial-cluster"),
+            (ServerArgs { listen_client_urls: Some("127.0.0.1:2379".into()), ..three() }, "listen-client-urls"),
+            (ServerArgs { initial_cluster_state: Some("existing".into()), ..three() }, "initial-cluster-state"),
+            (ServerArgs { election_timeout: Some(100), ..three() }, "election-timeout"),
+            (
+                ServerArgs { initial_advertise_peer_urls: Some("http://127.0.0.1:9".into()), ..three() },
+                "initial-advertise-peer-urls",
+            ),
+        ];
+        for (args, field) in cases {
+            let err = args.resolve().unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
+    }
+
+    #[test]
+    fn file_settings_are_overridden_by_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raftkv.toml");
+        std::fs::write(&path, "name = \"a\"\nheartbeat-interval = 50\nelection-timeout = 500\n").unwrap();
+        let file = ServerArgs::from_file(&path).unwrap();
+        let s = ServerArgs { name: Some("b".into()), ..ServerArgs::default() }.over(file).resolve().unwrap();
+        assert_eq!((s.name.as_str(), s.heartbeat, s.election_ticks), ("b", Duration::from_millis(50), 10));
+        std::fs::write(&path, "nmae = \"typo\"\n").unwrap();
+        let err = ServerArgs::from_file(&path).unwrap_err();
+        assert!(err.to_string().contains("nmae"), "{err}");
+    }
+}

@@ -1,0 +1,227 @@
+//! The gRPC services: etcd's `KV`, `Cluster` and `Maintenance` on the client
+//! port, and `RaftPeer` on the peer port.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message as _;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::node::{NodeError, Request as NodeRequest};
+use super::shared::{Shared, node_status};
+use super::wire::from_wire;
+use crate::kv;
+use crate::proto::etcdserverpb::cluster_server::Cluster;
+use crate::proto::etcdserverpb::kv_server::Kv;
+use crate::proto::etcdserverpb::maintenance_server::Maintenance;
+use crate::proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvRequest, HashKvResponse,
+    Member, MemberListRequest, MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest,
+    StatusResponse, TxnRequest, TxnResponse, response_op,
+};
+use crate::proto::raftpeer::raft_peer_server::RaftPeer;
+use crate::proto::raftpeer::{
+    ForwardRequest, ForwardResponse, HelloRequest, HelloResponse, PeerMessage, StreamSummary,
+};
+
+pub struct KvService(pub Arc<Shared>);
+
+fn require_key(key: &[u8]) -> Result<(), Status> {
+    if key.is_empty() {
+        return Err(Status::invalid_argument("etcdserver: key is not provided"));
+    }
+    Ok(())
+}
+
+fn unexpected() -> Status {
+    Status::internal("the state machine answered with a response of another kind")
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let req = request.into_inner();
+        self.0.check_size(req.encoded_len())?;
+        require_key(&req.key)?;
+        let (mut resp, revision) = self.0.range(req).await?;
+        resp.header = Some(self.0.header(revision, self.0.status.borrow().term));
+        Ok(Response::new(resp))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = request.into_inner();
+        self.0.check_size(req.encoded_len())?;
+        require_key(&req.key)?;
+        let (op, revision, term) = self.0.write(kv::put_command(req)).await?;
+        let Some(response_op::Response::ResponsePut(mut resp)) = op.response else { return Err(unexpected()) };
+        resp.header = Some(self.0.header(revision, term));
+        Ok(Response::new(resp))
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let req = request.into_inner();
+        self.0.check_size(req.encoded_len())?;
+        require_key(&req.key)?;
+        let (op, revision, term) = self.0.write(kv::delete_command(req)).await?;
+        let Some(response_op::Response::ResponseDeleteRange(mut resp)) = op.response else { return Err(unexpected()) };
+        resp.header = Some(self.0.header(revision, term));
+        Ok(Response::new(resp))
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let req = request.into_inner();
+        self.0.check_size(req.encoded_len())?;
+        let (op, revision, term) = self.0.write(kv::txn_command(req)).await?;
+        let Some(response_op::Response::ResponseTxn(mut resp)) = op.response else { return Err(unexpected()) };
+        resp.header = Some(self.0.header(revision, term));
+        Ok(Response::new(resp))
+    }
+
+    async fn compact(&self, _: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        Err(Status::unimplemented(
+            "raftkv keeps no history of old revisions, so there is nothing to compact: Compact is not supported",
+        ))
+    }
+}
+
+pub struct ClusterService(pub Arc<Shared>);
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn member_list(&self, _: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
+        let shared = &self.0;
+        let mut members = Vec::new();
+        for m in &shared.settings.members {
+            let client_urls = if m.id == shared.settings.member_id {
+                shared.settings.advertise_client_urls.clone()
+            } else {
+                peer_client_urls(shared, m.id).await
+            };
+            members.push(Member {
+                id: m.id,
+                name: m.name.clone(),
+                peer_ur_ls: vec![m.peer_url.clone()],
+                client_ur_ls: client_urls,
+                is_learner: false,
+            });
+        }
+        let status = shared.status.borrow().clone();
+        Ok(Response::new(MemberListResponse { header: Some(shared.header(status.revision, status.term)), members }))
+    }
+}
+
+/// A peer's client URLs, asked for with a short timeout; none if it does not answer.
+async fn peer_client_urls(shared: &Shared, id: u64) -> Vec<String> {
+    let Some(mut client) = shared.peer(id) else { return Vec::new() };
+    let hello = HelloRequest { cluster_id: shared.settings.cluster_id, from: shared.settings.member_id };
+    match tokio::time::timeout(Duration::from_millis(500), client.hello(hello)).await {
+        Ok(Ok(resp)) => resp.into_inner().client_urls,
+        _ => Vec::new(),
+    }
+}
+
+pub struct MaintenanceService(pub Arc<Shared>);
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let shared = &self.0;
+        let status = shared.status.borrow().clone();
+        let db_size = dir_size(&shared.settings.data_dir) as i64;
+        Ok(Response::new(StatusResponse {
+            header: Some(shared.header(status.revision, status.term)),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            db_size,
+            leader: status.leader.unwrap_or(0),
+            raft_index: status.commit,
+            raft_term: status.term,
+            raft_applied_index: status.applied,
+            errors: Vec::new(),
+            db_size_in_use: db_size,
+            is_learner: status.is_learner,
+        }))
+    }
+
+    async fn hash_kv(&self, _: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        let (hash, revision) = self.0.hash().await?;
+        let term = self.0.status.borrow().term;
+        // No history is kept: the current revision is also the compacted one.
+        Ok(Response::new(HashKvResponse {
+            header: Some(self.0.header(revision, term)),
+            hash,
+            compact_revision: revision,
+        }))
+    }
+}
+
+/// Bytes of the files directly in `dir` and its subdirectories.
+pub fn dir_size(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+pub struct PeerService(pub Arc<Shared>);
+
+#[tonic::async_trait]
+impl RaftPeer for PeerService {
+    async fn stream(&self, request: Request<Streaming<PeerMessage>>) -> Result<Response<StreamSummary>, Status> {
+        let mut stream = request.into_inner();
+        let mut received = 0;
+        while let Some(m) = stream.message().await? {
+            self.0.check_peer(m.cluster_id, m.from)?;
+            if m.to != self.0.settings.member_id {
+                return Err(Status::invalid_argument(format!(
+                    "message for member {:x} sent to {:x}",
+                    m.to, self.0.settings.member_id
+                )));
+            }
+            let msg = from_wire(m).map_err(Status::invalid_argument)?;
+            self.0.node.send(NodeRequest::Peer(msg)).await.map_err(|_| Status::unavailable("member is stopping"))?;
+            received += 1;
+        }
+        Ok(Response::new(StreamSummary { received }))
+    }
+
+    async fn forward(&self, request: Request<ForwardRequest>) -> Result<Response<ForwardResponse>, Status> {
+        let req = request.into_inner();
+        self.0.check_peer(req.cluster_id, req.from)?;
+        let command = req.command.ok_or_else(|| Status::invalid_argument("forwarded request without a command"))?;
+        let applied = tokio::time::timeout(super::shared::REQUEST_TIMEOUT, self.0.propose_here(command))
+            .await
+            .map_err(|_| Status::unavailable("etcdserver: request timed out"))?
+            .map_err(|e| match e {
+                // Not appended here: the forwarding member may retry elsewhere.
+                NodeError::NotLeader { .. } | NodeError::NoLeader | NodeError::LeaderChanged => {
+                    Status::failed_precondition(e.to_string())
+                }
+                e => node_status(e),
+            })?;
+        let response = applied.result.map_err(super::shared::kv_status)?;
+        Ok(Response::new(ForwardResponse {
+            response: Some(response),
+            revision: applied.revision,
+            raft_term: applied.term,
+        }))
+    }
+
+    async fn hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
+        let req = request.into_inner();
+        self.0.check_peer(req.cluster_id, req.from)?;
+        let s = &self.0.settings;
+        Ok(Response::new(HelloResponse {
+            id: s.member_id,
+            name: s.name.clone(),
+            client_urls: s.advertise_client_urls.clone(),
+        }))
+    }
+}

@@ -1,0 +1,138 @@
+//! The HTTP/JSON surface for curl, served on the client port beside gRPC:
+//!
+//! - `GET /v1/kv/{key}`: the raw value (404 if absent); `?serializable=true`
+//!   reads this member's state without a ReadIndex round;
+//! - `PUT /v1/kv/{key}` with the raw value as body; `DELETE /v1/kv/{key}`;
+//! - `GET /v1/kv?prefix=p`: every key with that prefix, as JSON;
+//! - `GET /v1/status`: this member's Raft and store status, as JSON;
+//! - `GET /healthz`: 200 when this member knows a leader, else 503.
+//!
+//! Keys and values in JSON are UTF-8 (invalid bytes are replaced); use the
+//! raw-value endpoints or gRPC for binary data.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::shared::Shared;
+use crate::kv;
+use crate::proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, response_op};
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/kv/{*key}", get(get_key).put(put_key).delete(delete_key))
+        .route("/v1/kv", get(list))
+        .route("/v1/status", get(status))
+        .route("/healthz", get(health))
+        .with_state(shared)
+}
+
+struct HttpError(StatusCode, String);
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<tonic::Status> for HttpError {
+    fn from(s: tonic::Status) -> HttpError {
+        let code = match s.code() {
+            tonic::Code::InvalidArgument | tonic::Code::OutOfRange => StatusCode::BAD_REQUEST,
+            tonic::Code::NotFound => StatusCode::NOT_FOUND,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        HttpError(code, s.message().to_string())
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+async fn get_key(
+    State(shared): State<Arc<Shared>>,
+    Path(key): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, HttpError> {
+    let serializable = q.get("serializable").is_some_and(|v| v == "true");
+    let req = RangeRequest { key: key.into(), serializable, ..Default::default() };
+    let (resp, _) = shared.range(req).await?;
+    match resp.kvs.into_iter().next() {
+        Some(kv) => Ok(kv.value.into_response()),
+        None => Err(HttpError(StatusCode::NOT_FOUND, "key not found".into())),
+    }
+}
+
+async fn put_key(
+    State(shared): State<Arc<Shared>>,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    shared.check_size(key.len() + body.len())?;
+    let req = PutRequest { key: key.into(), value: body, ..Default::default() };
+    let (_, revision, _) = shared.write(kv::put_command(req)).await?;
+    Ok(Json(json!({ "revision": revision })).into_response())
+}
+
+async fn delete_key(State(shared): State<Arc<Shared>>, Path(key): Path<String>) -> Result<Response, HttpError> {
+    let req = DeleteRangeRequest { key: key.into(), ..Default::default() };
+    let (op, revision, _) = shared.write(kv::delete_command(req)).await?;
+    let deleted = match op.response {
+        Some(response_op::Response::ResponseDeleteRange(r)) => r.deleted,
+        _ => 0,
+    };
+    Ok(Json(json!({ "deleted": deleted, "revision": revision })).into_response())
+}
+
+async fn list(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, HttpError> {
+    let prefix = q.get("prefix").cloned().unwrap_or_default();
+    let (key, range_end) = if prefix.is_empty() {
+        (vec![0u8], vec![0u8])
+    } else {
+        (prefix.clone().into_bytes(), kv::prefix_end(prefix.as_bytes()))
+    };
+    let req = RangeRequest { key: key.into(), range_end: range_end.into(), ..Default::default() };
+    let (resp, revision) = shared.range(req).await?;
+    let kvs: Vec<_> = resp
+        .kvs
+        .iter()
+        .map(|kv| {
+            json!({
+                "key": text(&kv.key), "value": text(&kv.value),
+                "create_revision": kv.create_revision, "mod_revision": kv.mod_revision, "version": kv.version,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "revision": revision, "count": resp.count, "kvs": kvs })).into_response())
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> Response {
+    let s = shared.status.borrow().clone();
+    Json(json!({
+        "name": shared.settings.name,
+        "member_id": format!("{:x}", shared.settings.member_id),
+        "cluster_id": format!("{:x}", shared.settings.cluster_id),
+        "leader": s.leader.map(|l| format!("{l:x}")),
+        "is_leader": s.leader == Some(shared.settings.member_id),
+        "term": s.term, "commit": s.commit, "applied": s.applied, "revision": s.revision,
+    }))
+    .into_response()
+}
+
+async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.status.borrow().leader {
+        Some(_) => (StatusCode::OK, "ok\n").into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "no leader\n").into_response(),
+    }
+}

@@ -1,0 +1,142 @@
+//! The raftkv server: one member of a cluster.
+//!
+//! [`serve`] opens (or bootstraps) the member's data directory, starts the
+//! peer listener (Raft traffic, write forwarding) and the client listener
+//! (etcd's gRPC API and the HTTP/JSON surface on the same address, as etcd
+//! does), and runs the [`node`] driver until told to stop.
+
+pub mod config;
+pub mod grpc;
+pub mod http;
+pub mod node;
+pub mod shared;
+pub mod transport;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::proto::ConfState;
+use crate::proto::etcdserverpb::cluster_server::ClusterServer;
+use crate::proto::etcdserverpb::kv_server::KvServer;
+use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::proto::raftpeer::raft_peer_server::RaftPeerServer;
+use crate::raft::{Config, Raft, RaftError};
+use crate::storage::{LogStore, RocksStore, StorageError};
+pub use config::{ServerArgs, Settings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot listen on {what} address {addr}: {source}")]
+    Listen { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error(
+        "data directory {path} belongs to cluster {found_cluster:x} member {found_member:x}, not to cluster {cluster:x} member {member:x} (wrong --data-dir, --name or --initial-cluster-token?)"
+    )]
+    WrongIdentity { path: PathBuf, found_cluster: u64, found_member: u64, cluster: u64, member: u64 },
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("raft: {0}")]
+    Raft(#[from] RaftError),
+    #[error("{what} server failed: {source}")]
+    Serve { what: &'static str, source: std::io::Error },
+}
+
+/// Runs a member until `stop` turns true (or its storage fails).
+pub async fn serve(settings: Settings, stop: watch::Receiver<bool>) -> Result<(), ServerError> {
+    let raft_dir = settings.data_dir.join("raft");
+    std::fs::create_dir_all(&raft_dir).map_err(|source| ServerError::DataDir { path: raft_dir.clone(), source })?;
+    let mut store = RocksStore::open(&raft_dir)?;
+    match store.identity()? {
+        Some((cluster, member)) if (cluster, member) != (settings.cluster_id, settings.member_id) => {
+            return Err(ServerError::WrongIdentity {
+                path: settings.data_dir.clone(),
+                found_cluster: cluster,
+                found_member: member,
+                cluster: settings.cluster_id,
+                member: settings.member_id,
+            });
+        }
+        Some(_) => tracing::info!(dir = %settings.data_dir.display(), "restarting from existing data"),
+        None => {
+            let conf = ConfState::with_voters(settings.members.iter().map(|m| m.id));
+            store.bootstrap(&conf)?;
+            store.set_identity(settings.cluster_id, settings.member_id)?;
+            tracing::info!(dir = %settings.data_dir.display(), members = settings.members.len(), "bootstrapped a new member");
+        }
+    }
+    let state = store.initial_state()?;
+    let applied = state.offset_index;
+    let mut cfg = Config::new(settings.member_id);
+    cfg.election_tick = settings.election_ticks;
+    cfg.heartbeat_tick = 1;
+    cfg.seed = settings.member_id
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let raft = Raft::new(cfg, state, applied)?;
+
+    let transport = transport::Transport::start(settings.cluster_id, settings.member_id, &settings.members);
+    let (node_tx, node_rx) = mpsc::channel(64 * 1024);
+    let (status_tx, status_rx) = watch::channel(node::NodeStatus::default());
+    let shared = Arc::new(shared::Shared::new(settings.clone(), node_tx, status_rx));
+
+    let mut servers = tokio::task::JoinSet::new();
+    let max_message = (2 * settings.max_request_bytes).max(4 << 20);
+    for &addr in &settings.peer_addrs {
+        let listener =
+            TcpListener::bind(addr).await.map_err(|source| ServerError::Listen { what: "peer", addr, source })?;
+        let peer = RaftPeerServer::new(grpc::PeerService(shared.clone())).max_decoding_message_size(max_message);
+        let mut stop = stop.clone();
+        servers.spawn(async move {
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(peer)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .map_err(|e| ServerError::Serve { what: "peer", source: std::io::Error::other(e) })
+        });
+    }
+    for &addr in &settings.client_addrs {
+        let listener =
+            TcpListener::bind(addr).await.map_err(|source| ServerError::Listen { what: "client", addr, source })?;
+        let grpc = tonic::service::Routes::new(
+            KvServer::new(grpc::KvService(shared.clone())).max_decoding_message_size(max_message),
+        )
+        .add_service(ClusterServer::new(grpc::ClusterService(shared.clone())))
+        .add_service(MaintenanceServer::new(grpc::MaintenanceService(shared.clone())))
+        .into_axum_router();
+        let app = grpc.merge(http::router(shared.clone()));
+        let mut stop = stop.clone();
+        servers.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .map_err(|source| ServerError::Serve { what: "client", source })
+        });
+    }
+    tracing::info!(
+        name = settings.name,
+        member = format!("{:x}", settings.member_id),
+        cluster = format!("{:x}", settings.cluster_id),
+        client = ?settings.client_addrs,
+        peer = ?settings.peer_addrs,
+        "serving"
+    );
+
+    let node = node::Node::new(raft, store, transport, status_tx);
+    let result = node.run(node_rx, settings.heartbeat, stop.clone()).await;
+    drop(shared);
+    // The node is done (stopped or failed): the listeners go too.
+    servers.abort_all();
+    while servers.join_next().await.is_some() {}
+    result.map_err(ServerError::from)
+}

@@ -1,0 +1,182 @@
+//! What every request handler shares: the node's request queue and status,
+//! the settings, and clients of the peers (to forward writes to the leader).
+//!
+//! Retries: a write is retried only when it is known not to have been
+//! appended to the log (no leader yet, this member is not the leader, or the
+//! entry at its index was replaced by another leader's): never twice applied.
+//! A write that timed out after it was appended is reported as such.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tonic::Status;
+use tonic::transport::{Channel, Endpoint};
+
+use super::config::Settings;
+use super::node::{Applied, NodeError, NodeStatus, Request};
+use crate::kv::KvError;
+use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader, ResponseOp};
+use crate::proto::raftkvpb::Command;
+use crate::proto::raftpeer::ForwardRequest;
+use crate::proto::raftpeer::raft_peer_client::RaftPeerClient;
+use crate::raft::NodeId;
+
+/// How long a request may wait for the cluster (an election included).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Shared {
+    pub settings: Settings,
+    pub node: mpsc::Sender<Request>,
+    pub status: watch::Receiver<NodeStatus>,
+    peers: HashMap<NodeId, RaftPeerClient<Channel>>,
+}
+
+/// A write's outcome: the response, the revision after it, the term.
+pub type WriteResult = (ResponseOp, i64, u64);
+
+impl Shared {
+    pub fn new(settings: Settings, node: mpsc::Sender<Request>, status: watch::Receiver<NodeStatus>) -> Shared {
+        let peers = settings
+            .members
+            .iter()
+            .filter(|m| m.id != settings.member_id)
+            .filter_map(|m| {
+                let endpoint = Endpoint::from_shared(m.peer_url.clone()).ok()?;
+                Some((m.id, RaftPeerClient::new(endpoint.connect_timeout(Duration::from_secs(1)).connect_lazy())))
+            })
+            .collect();
+        Shared { settings, node, status, peers }
+    }
+
+    pub fn peer(&self, id: NodeId) -> Option<RaftPeerClient<Channel>> {
+        self.peers.get(&id).cloned()
+    }
+
+    pub fn header(&self, revision: i64, raft_term: u64) -> ResponseHeader {
+        ResponseHeader { cluster_id: self.settings.cluster_id, member_id: self.settings.member_id, revision, raft_term }
+    }
+
+    /// Refuses peer requests from another cluster or an unknown member.
+    pub fn check_peer(&self, cluster_id: u64, from: NodeId) -> Result<(), Status> {
+        if cluster_id != self.settings.cluster_id {
+            return Err(Status::permission_denied(format!(
+                "request for cluster {cluster_id:x}, this member belongs to cluster {:x}",
+                self.settings.cluster_id
+            )));
+        }
+        if self.settings.member(from).is_none() {
+            return Err(Status::permission_denied(format!("{from:x} is not a member of this cluster")));
+        }
+        Ok(())
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.node.send(make(tx)).await.map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Proposes on this member; fails with NotLeader if it does not lead.
+    pub async fn propose_here(&self, command: Command) -> Result<Applied, NodeError> {
+        self.ask(|reply| Request::Propose { command, reply }).await?
+    }
+
+    /// Applies a write through whichever member leads.
+    pub async fn write(&self, command: Command) -> Result<WriteResult, Status> {
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let attempt = tokio::time::timeout_at(deadline, self.propose_here(command.clone())).await;
+            let outcome = match attempt {
+                Err(_) => return Err(timed_out()),
+                Ok(outcome) => outcome,
+            };
+            match outcome {
+                Ok(Applied { result, revision, term }) => return Ok((result.map_err(kv_status)?, revision, term)),
+                Err(NodeError::NotLeader { leader: Some(leader) }) => {
+                    match self.forward(leader, &command, deadline).await {
+                        Err(status) if status.code() == tonic::Code::FailedPrecondition => {}
+                        other => return other,
+                    }
+                }
+                Err(NodeError::NotLeader { leader: None } | NodeError::NoLeader | NodeError::LeaderChanged) => {}
+                Err(e) => return Err(node_status(e)),
+            }
+            if tokio::time::Instant::now() + Duration::from_millis(50) >= deadline {
+                return Err(Status::unavailable("etcdserver: no leader"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: NodeId,
+        command: &Command,
+        deadline: tokio::time::Instant,
+    ) -> Result<WriteResult, Status> {
+        let mut client = self.peer(leader).ok_or_else(|| Status::unavailable("etcdserver: leader unknown"))?;
+        let req = ForwardRequest {
+            cluster_id: self.settings.cluster_id,
+            from: self.settings.member_id,
+            command: Some(command.clone()),
+        };
+        let resp = tokio::time::timeout_at(deadline, client.forward(req)).await.map_err(|_| timed_out())??.into_inner();
+        let response = resp.response.ok_or_else(|| Status::internal("leader sent an empty response"))?;
+        Ok((response, resp.revision, resp.raft_term))
+    }
+
+    /// Serves a read: linearizable through ReadIndex, or from local state.
+    pub async fn range(&self, req: RangeRequest) -> Result<(RangeResponse, i64), Status> {
+        let linearizable = !req.serializable;
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let req = req.clone();
+            let attempt =
+                tokio::time::timeout_at(deadline, self.ask(|reply| Request::Range { req, linearizable, reply })).await;
+            match attempt.map_err(|_| timed_out())? {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(NodeError::NoLeader | NodeError::LeaderChanged | NodeError::NotLeader { .. })) => {}
+                Ok(Err(e)) | Err(e) => return Err(node_status(e)),
+            }
+            if tokio::time::Instant::now() + Duration::from_millis(50) >= deadline {
+                return Err(Status::unavailable("etcdserver: no leader"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn hash(&self) -> Result<(u32, i64), Status> {
+        self.ask(|reply| Request::Hash { reply }).await.map_err(node_status)
+    }
+
+    /// Refuses a request over the size limit, naming the limit.
+    pub fn check_size(&self, size: usize) -> Result<(), Status> {
+        let limit = self.settings.max_request_bytes;
+        if size > limit {
+            return Err(Status::invalid_argument(format!(
+                "etcdserver: request is too large ({size} bytes; the limit is {limit} bytes, --max-request-bytes)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn timed_out() -> Status {
+    Status::unavailable("etcdserver: request timed out")
+}
+
+pub fn kv_status(e: KvError) -> Status {
+    match e {
+        KvError::LeaseNotFound => Status::not_found(e.to_string()),
+        KvError::FutureRevision | KvError::Compacted => Status::out_of_range(e.to_string()),
+        _ => Status::invalid_argument(e.to_string()),
+    }
+}
+
+pub fn node_status(e: NodeError) -> Status {
+    match e {
+        NodeError::Kv(e) => kv_status(e),
+        e => Status::unavailable(e.to_string()),
+    }
+}

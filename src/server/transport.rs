@@ -1,0 +1,109 @@
+//! Outgoing peer traffic: one long-lived gRPC stream per peer, fed from a
+//! bounded queue. A full queue drops the message (Raft retransmits what
+//! matters), so a slow or dead peer never holds up the node; a broken link is
+//! reconnected with exponential backoff and reported in the log, not on every
+//! attempt.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+
+use super::config::Member;
+use super::wire::to_wire;
+use crate::proto::raftpeer::PeerMessage;
+use crate::proto::raftpeer::raft_peer_client::RaftPeerClient;
+use crate::raft::{Message, NodeId};
+
+/// Messages queued per peer before new ones are dropped.
+const QUEUE: usize = 4096;
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+pub struct Transport {
+    cluster_id: u64,
+    links: HashMap<NodeId, mpsc::Sender<PeerMessage>>,
+}
+
+impl Transport {
+    /// Starts a link to every member but `me`.
+    pub fn start(cluster_id: u64, me: NodeId, members: &[Member]) -> Transport {
+        let mut links = HashMap::new();
+        for member in members.iter().filter(|m| m.id != me) {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(run_link(member.clone(), rx));
+            links.insert(member.id, tx);
+        }
+        Transport { cluster_id, links }
+    }
+
+    pub fn send(&self, m: Message) {
+        let to = m.to;
+        if let Some(link) = self.links.get(&to)
+            && link.try_send(to_wire(self.cluster_id, m)).is_err()
+        {
+            tracing::trace!(to, "peer queue full: message dropped");
+        }
+    }
+}
+
+async fn run_link(peer: Member, mut queue: mpsc::Receiver<PeerMessage>) {
+    let mut backoff = Duration::from_millis(50);
+    let mut failures = 0u32;
+    let endpoint = match Endpoint::from_shared(peer.peer_url.clone()) {
+        Ok(e) => e.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true),
+        Err(e) => {
+            tracing::error!(peer = peer.name, url = peer.peer_url, "invalid peer URL: {e}");
+            return;
+        }
+    };
+    loop {
+        let channel = match endpoint.connect().await {
+            Ok(channel) => channel,
+            Err(e) => {
+                if failures.is_power_of_two() {
+                    tracing::warn!(
+                        peer = peer.name,
+                        url = peer.peer_url,
+                        attempts = failures + 1,
+                        "peer unreachable, retrying: {e}"
+                    );
+                }
+                failures += 1;
+                // What waited for this peer is stale by the time it is back.
+                while queue.try_recv().is_ok() {}
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                if queue.is_closed() {
+                    return;
+                }
+                continue;
+            }
+        };
+        if failures > 0 {
+            tracing::info!(peer = peer.name, "connected to peer");
+        }
+        failures = 0;
+        backoff = Duration::from_millis(50);
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let mut client = RaftPeerClient::new(channel);
+        let mut call = tokio::spawn(async move { client.stream(ReceiverStream::new(rx)).await });
+        loop {
+            tokio::select! {
+                m = queue.recv() => match m {
+                    Some(m) => if tx.send(m).await.is_err() { break },
+                    None => return,
+                },
+                result = &mut call => {
+                    match result {
+                        Ok(Err(status)) => tracing::warn!(peer = peer.name, "peer closed the stream: {}", status.message()),
+                        _ => tracing::warn!(peer = peer.name, "stream to peer ended"),
+                    }
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}

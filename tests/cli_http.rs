@@ -1,0 +1,146 @@
+//! The `raftkv` binary and the HTTP surface, run for real: the commands
+//! people type, and the bad input they must be told about.
+
+mod support;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use support::cluster::Cluster;
+
+fn raftkv(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_raftkv")).args(args).env("RAFTKV_LOG", "error").output().expect("run raftkv")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn malformed_settings_exit_2_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let data = data.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["server", "--data-dir", data, "--initial-cluster-state", "existing"], "initial-cluster-state"),
+        (&["server", "--data-dir", data, "--initial-cluster", "x=http://127.0.0.1:1"], "initial-cluster"),
+        (&["server", "--data-dir", data, "--listen-client-urls", "127.0.0.1:1"], "listen-client-urls"),
+        (&["server", "--data-dir", data, "--election-timeout", "soon"], "--election-timeout"),
+    ];
+    for (args, field) in cases {
+        let out = raftkv(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(field), "{args:?}: stderr does not name {field}: {}", stderr(&out));
+    }
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "heartbeat-interval = \"fast\"\n").unwrap();
+    let out = raftkv(&["server", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("heartbeat-interval"), "{}", stderr(&out));
+    assert!(!std::path::Path::new(data).exists(), "a refused start created the data dir");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_dir_of_another_cluster_is_refused() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_leader(Duration::from_secs(15)).await;
+    cluster.kill(0);
+    let m = &cluster.members[0];
+    let out = raftkv(&[
+        "server",
+        "--name",
+        &m.name,
+        "--data-dir",
+        m.data_dir.to_str().unwrap(),
+        "--listen-client-urls",
+        &m.client_url,
+        "--listen-peer-urls",
+        &m.peer_url,
+        "--initial-advertise-peer-urls",
+        &m.peer_url,
+        "--initial-cluster",
+        &format!("{}={}", m.name, m.peer_url),
+        "--initial-cluster-token",
+        "another-cluster",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("belongs to cluster"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_put_get_del_status_and_bad_keys() {
+    let cluster = Cluster::start(3);
+    cluster.wait_leader(Duration::from_secs(15)).await;
+    let endpoints = cluster.endpoints().join(",");
+    let out = tokio::task::spawn_blocking(move || {
+        let run = |args: &[&str]| {
+            let mut all: Vec<&str> = args.to_vec();
+            all.extend_from_slice(&["--endpoints", endpoints.as_str()]);
+            raftkv(&all)
+        };
+        [
+            run(&["put", "app/a", "1"]),
+            run(&["put", "app/b", "2"]),
+            run(&["get", "app/a"]),
+            run(&["get", "app/", "--prefix"]),
+            run(&["del", "app/", "--prefix"]),
+            run(&["get", "app/a"]),
+            run(&["status"]),
+            run(&["put", "", "v"]),
+        ]
+    })
+    .await
+    .unwrap();
+    assert_eq!(stdout(&out[0]).trim(), "OK");
+    assert_eq!(stdout(&out[2]), "app/a\n1\n");
+    assert_eq!(stdout(&out[3]), "app/a\n1\napp/b\n2\n");
+    assert_eq!(stdout(&out[4]).trim(), "2");
+    assert_eq!(stdout(&out[5]), "");
+    let table = stdout(&out[6]);
+    assert_eq!(table.lines().count(), 4, "{table}");
+    assert_eq!(table.matches(" yes ").count(), 1, "exactly one leader:\n{table}");
+    assert_eq!(out[7].status.code(), Some(1));
+    assert!(stderr(&out[7]).contains("key is not provided"), "{}", stderr(&out[7]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_api_and_request_limits() {
+    let cluster = Cluster::start(1);
+    cluster.wait_leader(Duration::from_secs(15)).await;
+    let base = cluster.endpoints()[0].clone();
+    let endpoint = base.clone();
+    tokio::task::spawn_blocking(move || {
+        let url = |p: &str| format!("{base}{p}");
+        assert_eq!(ureq::get(&url("/healthz")).call().unwrap().status(), 200);
+        ureq::put(&url("/v1/kv/dir/x")).send("hello").unwrap();
+        ureq::put(&url("/v1/kv/dir/y")).send("world").unwrap();
+        let body = ureq::get(&url("/v1/kv/dir/x")).call().unwrap().into_body().read_to_string().unwrap();
+        assert_eq!(body, "hello");
+        let list = ureq::get(&url("/v1/kv?prefix=dir/")).call().unwrap().into_body().read_to_string().unwrap();
+        let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+        assert_eq!(list["count"], 2);
+        assert_eq!(list["kvs"][1]["value"], "world");
+        let deleted = ureq::delete(&url("/v1/kv/dir/x")).call().unwrap().into_body().read_to_string().unwrap();
+        assert!(deleted.contains("\"deleted\":1"), "{deleted}");
+        let missing = ureq::get(&url("/v1/kv/dir/x")).call();
+        assert!(matches!(missing, Err(ureq::Error::StatusCode(404))), "{missing:?}");
+        let status = ureq::get(&url("/v1/status")).call().unwrap().into_body().read_to_string().unwrap();
+        assert!(status.contains("\"is_leader\":true"), "{status}");
+        // Over the 1.5 MiB default: refused, naming the limit.
+        let big = vec![b'x'; 2 * 1024 * 1024];
+        let refused = ureq::put(&url("/v1/kv/big")).send(&big[..]);
+        assert!(matches!(refused, Err(ureq::Error::StatusCode(400))), "{refused:?}");
+    })
+    .await
+    .unwrap();
+    // The same through gRPC: InvalidArgument naming the limit; nothing written.
+    let mut client = raftkv::client::Client::connect(&[endpoint]).await.unwrap();
+    let err = client.put("big", vec![b'x'; 2 * 1024 * 1024]).await.unwrap_err();
+    assert!(err.to_string().contains("1572864"), "{err}");
+    let req = raftkv::proto::etcdserverpb::RangeRequest { key: "big".into(), ..Default::default() };
+    assert!(client.range(req).await.unwrap().kvs.is_empty());
+}

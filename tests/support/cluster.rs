@@ -1,0 +1,143 @@
+//! Real `raftkv server` processes on loopback, for integration tests.
+//!
+//! Ports are picked free by binding port 0; every wait is bounded in count
+//! and time; children are SIGKILLed and reaped when the cluster is dropped,
+//! so a failing test leaves nothing running.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use raftkv::client::Client;
+
+pub struct Member {
+    pub name: String,
+    pub client_url: String,
+    pub peer_url: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub members: Vec<Member>,
+    initial_cluster: String,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Cluster {
+    /// Starts `n` members and waits for a leader.
+    pub fn start(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut members = Vec::new();
+        for i in 1..=n {
+            let name = format!("m{i}");
+            members.push(Member {
+                client_url: format!("http://127.0.0.1:{}", free_port()),
+                peer_url: format!("http://127.0.0.1:{}", free_port()),
+                data_dir: dir.path().join(&name),
+                log: dir.path().join(format!("{name}.log")),
+                name,
+                child: None,
+            });
+        }
+        let initial_cluster =
+            members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",");
+        let mut cluster = Cluster { dir, members, initial_cluster };
+        for i in 0..n {
+            cluster.start_member(i);
+        }
+        cluster
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    pub fn start_member(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        assert!(m.child.is_none(), "{} already runs", m.name);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&m.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_raftkv"))
+            .args(["server", "--name", &m.name])
+            .arg("--data-dir")
+            .arg(&m.data_dir)
+            .args(["--listen-client-urls", &m.client_url])
+            .args(["--listen-peer-urls", &m.peer_url, "--initial-advertise-peer-urls", &m.peer_url])
+            .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-token", "test"])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .env("RAFTKV_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn raftkv server");
+        m.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.members[i].child.is_some()
+    }
+
+    /// The index of the member that leads, once every running member agrees.
+    pub async fn wait_leader(&self, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(leader) = self.agreed_leader().await {
+                return leader;
+            }
+            assert!(Instant::now() < deadline, "no agreed leader within {limit:?}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn agreed_leader(&self) -> Option<usize> {
+        let mut leader_id = None;
+        let mut ids = Vec::new();
+        for (i, m) in self.members.iter().enumerate() {
+            if !self.is_running(i) {
+                ids.push(None);
+                continue;
+            }
+            let status = Client::status_of(&m.client_url).await.ok()?;
+            let me = status.header.unwrap_or_default().member_id;
+            ids.push(Some(me));
+            if status.leader == 0 || leader_id.is_some_and(|l| l != status.leader) {
+                return None;
+            }
+            leader_id = Some(status.leader);
+        }
+        ids.iter().position(|id| *id == leader_id)
+    }
+
+    pub fn logs(&self) -> String {
+        self.members.iter().map(|m| format!("--- {} ---\n{}", m.name, tail(&m.log, 30))).collect::<Vec<_>>().join("\n")
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}

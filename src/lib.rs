@@ -4,11 +4,13 @@
 //! - [`storage`]: durability of the core's term, vote and log (RocksDB, and an
 //!   in-memory store with a power-cut model for simulation).
 //! - [`kv`]: the replicated state machine, an ordered map with etcd's revisions.
+//! - [`bench`]: the `raftkv bench` load generator (etcd v3 API, so it measures etcd too).
 //! - [`client`]: a Rust client of the etcd v3 API with endpoint failover.
 //! - [`server`]: one cluster member: driver, peer transport, etcd gRPC and HTTP.
 //! - [`proto`]: wire and disk records generated from `proto/` (Raft records,
 //!   etcd's v3 API, the command a log entry carries).
 
+pub mod bench;
 pub mod client;
 pub mod kv;
 pub mod proto;

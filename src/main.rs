@@ -5,14 +5,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use raftkv::bench::{BenchArgs, Workload};
 use raftkv::client::Client;
+use raftkv::client::DEV_ENDPOINTS;
 use raftkv::kv::prefix_end;
 use raftkv::proto::etcdserverpb::{DeleteRangeRequest, RangeRequest};
-use raftkv::server::{self, ServerArgs, Settings};
+use raftkv::server::{self, ServerArgs};
 use tokio::sync::watch;
-
-/// The endpoints of the cluster `raftkv dev` starts.
-const DEV_ENDPOINTS: &str = "http://127.0.0.1:2379,http://127.0.0.1:22379,http://127.0.0.1:32379";
 
 #[derive(Parser)]
 #[command(name = "raftkv", version)]
@@ -76,6 +75,29 @@ enum Command {
     Status {
         #[command(flatten)]
         conn: Conn,
+    },
+    /// Load-test a cluster (raftkv or etcd: only the etcd v3 API is used) and report
+    /// requests/s and latency percentiles.
+    Bench {
+        #[command(subcommand)]
+        workload: BenchWorkload,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWorkload {
+    /// Puts of --val-size bytes to random keys of the key space.
+    Put {
+        #[command(flatten)]
+        args: BenchArgs,
+    },
+    /// Gets of random keys of the key space (written first).
+    Get {
+        #[command(flatten)]
+        args: BenchArgs,
+        /// l: linearizable (confirmed with the leader); s: serializable (the member's own state).
+        #[arg(long, default_value = "l", value_parser = ["l", "s"])]
+        consistency: String,
     },
 }
 
@@ -159,6 +181,17 @@ async fn run(command: Command) -> Result<(), Failure> {
             println!("{}", client.delete(req).await?.deleted);
         }
         Command::Status { conn } => status(&conn.endpoints).await?,
+        Command::Bench { workload } => {
+            let (args, workload) = match workload {
+                BenchWorkload::Put { args } => (args, Workload::Put),
+                BenchWorkload::Get { args, consistency } => (args, Workload::Get { serializable: consistency == "s" }),
+            };
+            println!(
+                "bench {workload:?}: {} requests, {} clients over {} connections, keys of {} bytes in a space of {}, values of {} bytes",
+                args.total, args.clients, args.conns, args.key_size, args.key_space_size, args.val_size
+            );
+            raftkv::bench::run(&args, workload).await?.print();
+        }
     }
     Ok(())
 }
@@ -179,24 +212,7 @@ fn stop_on_signal() -> watch::Receiver<bool> {
 }
 
 async fn dev(dir: PathBuf) -> anyhow::Result<()> {
-    let names = ["infra1", "infra2", "infra3"];
-    let ports = [(2379, 2380), (22379, 22380), (32379, 32380)];
-    let initial_cluster: Vec<String> =
-        names.iter().zip(ports).map(|(n, (_, peer))| format!("{n}=http://127.0.0.1:{peer}")).collect();
-    let mut settings: Vec<Settings> = Vec::new();
-    for (name, (client, peer)) in names.iter().zip(ports) {
-        let args = ServerArgs {
-            name: Some(name.to_string()),
-            data_dir: Some(dir.join(name)),
-            listen_client_urls: Some(format!("http://127.0.0.1:{client}")),
-            listen_peer_urls: Some(format!("http://127.0.0.1:{peer}")),
-            initial_advertise_peer_urls: Some(format!("http://127.0.0.1:{peer}")),
-            initial_cluster: Some(initial_cluster.join(",")),
-            initial_cluster_token: Some("raftkv-dev".into()),
-            ..ServerArgs::default()
-        };
-        settings.push(args.resolve()?);
-    }
+    let settings = server::config::local_cluster(&dir, &[(2379, 2380), (22379, 22380), (32379, 32380)], "raftkv-dev")?;
     let stop = stop_on_signal();
     let members = settings.into_iter().map(|s| tokio::spawn(server::serve(s, stop.clone())));
     let members: Vec<_> = members.collect();

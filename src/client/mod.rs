@@ -20,6 +20,9 @@ use crate::proto::etcdserverpb::{
     RangeResponse, StatusRequest, StatusResponse,
 };
 
+/// The endpoints of the cluster `raftkv dev` starts.
+pub const DEV_ENDPOINTS: &str = "http://127.0.0.1:2379,http://127.0.0.1:22379,http://127.0.0.1:32379";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("no endpoint reachable ({endpoints}): {last}")]

@@ -176,6 +176,31 @@ impl ServerArgs {
     }
 }
 
+/// Settings for a cluster of members on loopback, one per (client port,
+/// peer port), named `infra1`, `infra2`, … with data under `dir`.
+pub fn local_cluster(dir: &std::path::Path, ports: &[(u16, u16)], token: &str) -> Result<Vec<Settings>, ConfigError> {
+    let name = |i: usize| format!("infra{}", i + 1);
+    let initial_cluster: Vec<String> =
+        ports.iter().enumerate().map(|(i, (_, peer))| format!("{}=http://127.0.0.1:{peer}", name(i))).collect();
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, (client, peer))| {
+            ServerArgs {
+                name: Some(name(i)),
+                data_dir: Some(dir.join(name(i))),
+                listen_client_urls: Some(format!("http://127.0.0.1:{client}")),
+                listen_peer_urls: Some(format!("http://127.0.0.1:{peer}")),
+                initial_advertise_peer_urls: Some(format!("http://127.0.0.1:{peer}")),
+                initial_cluster: Some(initial_cluster.join(",")),
+                initial_cluster_token: Some(token.into()),
+                ..ServerArgs::default()
+            }
+            .resolve()
+        })
+        .collect()
+}
+
 fn split(list: &str) -> Vec<String> {
     list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
 }

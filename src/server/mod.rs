@@ -17,9 +17,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::proto::ConfState;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
@@ -96,7 +97,8 @@ pub async fn serve(settings: Settings, stop: watch::Receiver<bool>) -> Result<()
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(peer)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                // Raft traffic is small messages: never wait for Nagle.
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await
@@ -115,6 +117,10 @@ pub async fn serve(settings: Settings, stop: watch::Receiver<bool>) -> Result<()
         let app = grpc.merge(http::router(shared.clone()));
         let mut stop = stop.clone();
         servers.spawn(async move {
+            // Requests and answers are small: never wait for Nagle.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = stop.wait_for(|s| *s).await;

@@ -1,0 +1,204 @@
+//! `raftkv bench`: a load generator in the manner of etcd's `benchmark` tool.
+//!
+//! It speaks only the etcd v3 API, so the same command measures raftkv and
+//! etcd side by side. `clients` tasks share `conns` gRPC connections (spread
+//! over the endpoints) and issue `total` requests between them, one at a time
+//! each; every latency is recorded in an HDR histogram.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::client::ClientError;
+use crate::proto::etcdserverpb::kv_client::KvClient;
+use crate::proto::etcdserverpb::{PutRequest, RangeRequest};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// Comma-separated client URLs of the cluster under test (raftkv or etcd).
+    #[arg(long, env = "RAFTKV_ENDPOINTS", default_value = crate::client::DEV_ENDPOINTS, value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    /// Concurrent clients, each with one request in flight.
+    #[arg(long, default_value_t = 1)]
+    pub clients: usize,
+    /// gRPC connections the clients share.
+    #[arg(long, default_value_t = 1)]
+    pub conns: usize,
+    /// Requests in all.
+    #[arg(long, default_value_t = 10_000)]
+    pub total: u64,
+    /// Bytes per key.
+    #[arg(long, default_value_t = 8)]
+    pub key_size: usize,
+    /// Bytes per value (put).
+    #[arg(long, default_value_t = 8)]
+    pub val_size: usize,
+    /// Distinct keys: each request picks one at random.
+    #[arg(long, default_value_t = 1)]
+    pub key_space_size: u64,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    Put,
+    /// Gets of keys written beforehand; linearizable or serializable.
+    Get {
+        serializable: bool,
+    },
+}
+
+pub struct Report {
+    pub requests: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    /// Microseconds.
+    pub latency: Histogram<u64>,
+    pub first_error: Option<String>,
+}
+
+impl Report {
+    pub fn requests_per_sec(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn percentile(&self, p: f64) -> Duration {
+        Duration::from_micros(self.latency.value_at_quantile(p / 100.0))
+    }
+
+    pub fn print(&self) {
+        println!("\nSummary:");
+        println!("  Total:        {:.4} secs.", self.elapsed.as_secs_f64());
+        println!("  Requests:     {}", self.requests);
+        println!("  Errors:       {}", self.errors);
+        if let Some(e) = &self.first_error {
+            println!("  First error:  {e}");
+        }
+        println!("  Requests/sec: {:.1}", self.requests_per_sec());
+        println!("\nLatency:");
+        for p in [10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.9] {
+            println!("  p{:<5} {:>10.3} ms", p, self.percentile(p).as_secs_f64() * 1000.0);
+        }
+        println!("  max    {:>10.3} ms", self.latency.max() as f64 / 1000.0);
+    }
+}
+
+/// Microseconds from 1 µs to 60 s at 3 significant figures. Fixed bounds:
+/// `saturating_record` clamps to them rather than growing the histogram.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+fn key(i: u64, size: usize) -> Bytes {
+    let digits = format!("{i:0size$}").into_bytes();
+    Bytes::copy_from_slice(&digits[digits.len().saturating_sub(size)..])
+}
+
+async fn connect(args: &BenchArgs) -> Result<Vec<Channel>, ClientError> {
+    if args.endpoints.is_empty() || args.conns == 0 || args.clients == 0 {
+        return Err(ClientError::BadEndpoint("need at least one endpoint, connection and client".into()));
+    }
+    let mut channels = Vec::new();
+    for i in 0..args.conns {
+        let url = &args.endpoints[i % args.endpoints.len()];
+        let endpoint = Endpoint::from_shared(url.clone()).map_err(|_| ClientError::BadEndpoint(url.clone()))?;
+        let channel = endpoint
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| ClientError::Unreachable { endpoints: url.clone(), last: e.to_string() })?;
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
+/// Runs the workload and reports on it.
+pub async fn run(args: &BenchArgs, workload: Workload) -> Result<Report, ClientError> {
+    let channels = connect(args).await?;
+    let key_space = args.key_space_size.max(1);
+    if let Workload::Get { .. } = workload {
+        // The keys a get benchmark reads exist, with values of --val-size.
+        let mut kv = KvClient::new(channels[0].clone());
+        for i in 0..key_space {
+            let req = PutRequest {
+                key: key(i, args.key_size),
+                value: vec![b'v'; args.val_size].into(),
+                ..Default::default()
+            };
+            kv.put(req).await?;
+        }
+    }
+    let progress = if args.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(args.total) };
+    let issued = Arc::new(AtomicU64::new(0));
+    let value: Bytes = vec![b'v'; args.val_size].into();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.clients {
+        let mut kv = KvClient::new(channels[c % channels.len()].clone());
+        let (issued, progress, value, total, key_size) =
+            (issued.clone(), progress.clone(), value.clone(), args.total, args.key_size);
+        tasks.push(tokio::spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(c as u64);
+            let mut latency = new_histogram();
+            let (mut errors, mut first_error) = (0u64, None);
+            while issued.fetch_add(1, Ordering::Relaxed) < total {
+                let k = key(rng.random_range(0..key_space), key_size);
+                let start = Instant::now();
+                let result = match workload {
+                    Workload::Put => {
+                        kv.put(PutRequest { key: k, value: value.clone(), ..Default::default() }).await.map(drop)
+                    }
+                    Workload::Get { serializable } => {
+                        kv.range(RangeRequest { key: k, serializable, ..Default::default() }).await.map(drop)
+                    }
+                };
+                match result {
+                    Ok(()) => latency.saturating_record(start.elapsed().as_micros() as u64),
+                    Err(status) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| status.message().to_string());
+                    }
+                }
+                progress.inc(1);
+            }
+            (latency, errors, first_error)
+        }));
+    }
+    let mut report =
+        Report { requests: 0, errors: 0, elapsed: Duration::ZERO, latency: new_histogram(), first_error: None };
+    for task in tasks {
+        let (latency, errors, first_error) = task.await.expect("benchmark client panicked");
+        report.latency.add(&latency).expect("histograms of one shape");
+        report.errors += errors;
+        report.first_error = report.first_error.or(first_error);
+    }
+    report.elapsed = started.elapsed();
+    report.requests = report.latency.len();
+    progress.finish_and_clear();
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn slow_requests_are_recorded_as_slow() {
+        let mut h = super::new_histogram();
+        h.saturating_record(1_000);
+        h.saturating_record(250_000);
+        assert!(h.max() >= 249_000, "a 250 ms request was clamped to {} µs", h.max());
+    }
+
+    #[test]
+    fn keys_have_the_requested_size() {
+        assert_eq!(super::key(42, 8), "00000042");
+        assert_eq!(super::key(123456789, 4), "6789");
+    }
+}

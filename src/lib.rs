@@ -7,6 +7,7 @@
 //! - [`bench`]: the `raftkv bench` load generator (etcd v3 API, so it measures etcd too).
 //! - [`client`]: a Rust client of the etcd v3 API with endpoint failover.
 //! - [`server`]: one cluster member: driver, peer transport, etcd gRPC and HTTP.
+//! - [`shell`]: the `raftkv shell` interactive prompt.
 //! - [`proto`]: wire and disk records generated from `proto/` (Raft records,
 //!   etcd's v3 API, the command a log entry carries).
 
@@ -16,4 +17,5 @@ pub mod kv;
 pub mod proto;
 pub mod raft;
 pub mod server;
+pub mod shell;
 pub mod storage;

@@ -76,6 +76,11 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// An interactive prompt: put, get, del, scan, status, help, exit.
+    Shell {
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Load-test a cluster (raftkv or etcd: only the etcd v3 API is used) and report
     /// requests/s and latency percentiles.
     Bench {
@@ -181,6 +186,14 @@ async fn run(command: Command) -> Result<(), Failure> {
             println!("{}", client.delete(req).await?.deleted);
         }
         Command::Status { conn } => status(&conn.endpoints).await?,
+        Command::Shell { conn } => {
+            // The prompt reads stdin, which blocks: give it a thread of its own.
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                handle.block_on(raftkv::shell::run(&conn.endpoints, std::io::stdin().lock(), std::io::stdout()))
+            })
+            .await??;
+        }
         Command::Bench { workload } => {
             let (args, workload) = match workload {
                 BenchWorkload::Put { args } => (args, Workload::Put),

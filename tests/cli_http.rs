@@ -104,6 +104,25 @@ async fn cli_put_get_del_status_and_bad_keys() {
     assert_eq!(table.lines().count(), 4, "{table}");
     assert_eq!(table.matches(" yes ").count(), 1, "exactly one leader:\n{table}");
     assert_eq!(out[7].status.code(), Some(1));
+    // The interactive shell, fed from a pipe.
+    let mut shell = Command::new(env!("CARGO_BIN_EXE_raftkv"))
+        .args(["shell", "--endpoints", &cluster.endpoints().join(",")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    shell
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"put s/1 hello world\nget s/1\nscan s/\nbogus\ndel s/1\nget s/1\nexit\n")
+        .unwrap();
+    let shell_out = tokio::task::spawn_blocking(move || shell.wait_with_output().unwrap()).await.unwrap();
+    let text = stdout(&shell_out);
+    for expected in ["OK", "hello world", "s/1 = hello world", "unknown command `bogus`", "(not found)"] {
+        assert!(text.contains(expected), "shell output lacks {expected:?}:\n{text}");
+    }
     assert!(stderr(&out[7]).contains("key is not provided"), "{}", stderr(&out[7]));
 }
 

@@ -6,9 +6,10 @@
 //!   any such write); every write of one command carries that revision.
 //! - Per key: `create_revision` (revision of its creation), `mod_revision`
 //!   (of its last change) and `version` (changes since creation).
-//! - A command either applies completely or not at all: it runs against an
-//!   O(1) copy of the persistent map that replaces the live one only on
-//!   success. The same copy gives the snapshot issue its O(1) cut.
+//! - A command either applies completely or not at all. A put or delete
+//!   checks everything before its single change and works on the live map; a
+//!   transaction runs against an O(1) copy of the persistent map that replaces
+//!   the live one only on success. The same O(1) copy is the snapshot's cut.
 //!
 //! No history is kept: a read at an older revision is answered as etcd
 //! answers a compacted one.
@@ -87,20 +88,41 @@ impl KvStore {
 
     /// Applies a committed command. An error changes nothing.
     pub fn apply(&mut self, command: &Command) -> Result<ResponseOp, KvError> {
-        let mut write = Write { map: self.map.clone(), revision: self.revision + 1, changed: false };
         let response = match &command.request {
-            Some(command::Request::Put(req)) => response_op::Response::ResponsePut(write.put(req)?),
-            Some(command::Request::DeleteRange(req)) => {
-                response_op::Response::ResponseDeleteRange(write.delete_range(req)?)
+            // A put or delete checks everything before its one change, so it
+            // can work on the live map: no path copying on the hot path.
+            Some(command::Request::Put(req)) => {
+                response_op::Response::ResponsePut(self.write_in_place(|w| w.put(req))?)
             }
-            Some(command::Request::Txn(req)) => response_op::Response::ResponseTxn(write.txn(req)?),
+            Some(command::Request::DeleteRange(req)) => {
+                response_op::Response::ResponseDeleteRange(self.write_in_place(|w| w.delete_range(req))?)
+            }
+            // A transaction may fail after earlier operations changed the
+            // map: it works on an O(1) copy that replaces the map on success.
+            Some(command::Request::Txn(req)) => {
+                let mut write = Write { map: self.map.clone(), revision: self.revision + 1, changed: false };
+                let response = write.txn(req)?;
+                if write.changed {
+                    self.map = write.map;
+                    self.revision = write.revision;
+                }
+                response_op::Response::ResponseTxn(response)
+            }
             None => return Err(KvError::EmptyCommand),
         };
+        Ok(ResponseOp { response: Some(response) })
+    }
+
+    /// Runs a single-change command on the live map.
+    fn write_in_place<T>(&mut self, op: impl FnOnce(&mut Write) -> Result<T, KvError>) -> Result<T, KvError> {
+        let map = std::mem::take(&mut self.map);
+        let mut write = Write { map, revision: self.revision + 1, changed: false };
+        let result = op(&mut write);
+        self.map = write.map;
         if write.changed {
-            self.map = write.map;
             self.revision = write.revision;
         }
-        Ok(ResponseOp { response: Some(response) })
+        result
     }
 
     /// Serves a read against the current state.

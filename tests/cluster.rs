@@ -158,3 +158,36 @@ async fn sigkill_of_every_member_under_load_loses_no_acknowledged_write() {
         assert_all_acked_present(&cluster, &acked_total).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_finds_the_leader_and_fails_over_past_a_dead_endpoint() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_leader(ELECTION_LIMIT).await;
+    let endpoints = cluster.endpoints();
+    let follower = (leader + 1) % 3;
+    // Connected through a follower, the client still sends writes to the leader.
+    let mut client = Client::connect(std::slice::from_ref(&endpoints[follower])).await.unwrap();
+    assert_eq!(client.leader_endpoint().await.as_deref(), Some(endpoints[leader].as_str()));
+    client.put("routed", "1").await.unwrap();
+
+    // A dead first endpoint is skipped.
+    cluster.kill(follower);
+    let order = vec![endpoints[follower].clone(), endpoints[leader].clone()];
+    let mut client = Client::connect(&order).await.unwrap();
+    assert_eq!(client.endpoint(), endpoints[leader]);
+    assert_eq!(get(&endpoints[leader], "routed", false).await.as_deref(), Some("1"));
+    client.put("after-failover", "2").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_a_member_cleanly_and_its_data_survives() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_leader(ELECTION_LIMIT).await;
+    let endpoint = cluster.endpoints()[0].clone();
+    Client::connect(std::slice::from_ref(&endpoint)).await.unwrap().put("kept", "yes").await.unwrap();
+    let status = cluster.terminate(0);
+    assert!(status.success(), "exit status after SIGTERM: {status}\n{}", cluster.logs());
+    cluster.start_member(0);
+    cluster.wait_leader(ELECTION_LIMIT).await;
+    assert_eq!(get(&endpoint, "kept", false).await.as_deref(), Some("yes"));
+}

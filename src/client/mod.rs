@@ -2,10 +2,14 @@
 //! endpoints.
 //!
 //! It connects to the first endpoint that answers and fails over to the next
-//! when one is unreachable. Any member serves any request (followers forward
-//! writes to the leader), so no leader discovery is needed for correctness.
-//! Reads are retried on another endpoint; a write is retried only if it never
-//! reached a server (the connection failed), so it is never applied twice.
+//! when one is unreachable. It asks that member who leads (`Status`) and where
+//! the leader serves clients (`MemberList`), and sends writes straight there,
+//! saving the hop a follower would make to forward them. Any member serves any
+//! request, so a stale idea of the leader costs only that hop.
+//!
+//! Reads are retried on another endpoint when one is unavailable. A write is
+//! sent once: if it fails, the caller is told (it may or may not have been
+//! applied) and the leader is looked up again before the next write.
 
 use std::time::Duration;
 
@@ -37,6 +41,9 @@ pub struct Client {
     endpoints: Vec<String>,
     current: usize,
     channel: Channel,
+    /// The leader's client URL and a channel to it, once known.
+    leader: Option<(String, Channel)>,
+    leader_checked: bool,
 }
 
 impl Client {
@@ -46,6 +53,8 @@ impl Client {
             endpoints: endpoints.to_vec(),
             current: 0,
             channel: Endpoint::from_static("http://[::1]:1").connect_lazy(),
+            leader: None,
+            leader_checked: false,
         };
         client.reconnect(0).await?;
         Ok(client)
@@ -56,23 +65,52 @@ impl Client {
         &self.endpoints[self.current]
     }
 
+    /// The leader's client URL, if it was found.
+    pub async fn leader_endpoint(&mut self) -> Option<String> {
+        self.write_channel().await;
+        self.leader.as_ref().map(|(url, _)| url.clone())
+    }
+
+    /// The channel writes go to: the leader's if it can be found, else ours.
+    async fn write_channel(&mut self) -> Channel {
+        if !self.leader_checked {
+            self.leader_checked = true;
+            self.leader = self.find_leader().await;
+        }
+        match &self.leader {
+            Some((_, channel)) => channel.clone(),
+            None => self.channel.clone(),
+        }
+    }
+
+    async fn find_leader(&self) -> Option<(String, Channel)> {
+        let status = MaintenanceClient::new(self.channel.clone()).status(StatusRequest {}).await.ok()?.into_inner();
+        let members = ClusterClient::new(self.channel.clone()).member_list(MemberListRequest::default()).await.ok()?;
+        let member = members.into_inner().members.into_iter().find(|m| m.id == status.leader && status.leader != 0)?;
+        let url = member.client_ur_ls.into_iter().next()?;
+        let channel = connect(&url).await.ok()?;
+        Some((url, channel))
+    }
+
+    /// A write failed: look the leader up again before the next one.
+    fn forget_leader(&mut self) {
+        self.leader = None;
+        self.leader_checked = false;
+    }
+
     async fn reconnect(&mut self, start: usize) -> Result<(), ClientError> {
         let mut last = String::from("no endpoints given");
         for i in 0..self.endpoints.len() {
             let index = (start + i) % self.endpoints.len();
             let url = &self.endpoints[index];
-            let endpoint = Endpoint::from_shared(url.clone())
-                .map_err(|_| ClientError::BadEndpoint(url.clone()))?
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(10))
-                .tcp_nodelay(true);
-            match endpoint.connect().await {
+            match connect(url).await {
                 Ok(channel) => {
                     self.channel = channel;
                     self.current = index;
                     return Ok(());
                 }
-                Err(e) => last = format!("{url}: {e}"),
+                Err(ClientError::BadEndpoint(url)) => return Err(ClientError::BadEndpoint(url)),
+                Err(e) => last = e.to_string(),
             }
         }
         Err(ClientError::Unreachable { endpoints: self.endpoints.join(","), last })
@@ -95,7 +133,21 @@ impl Client {
 
     pub async fn put(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<PutResponse, ClientError> {
         let req = PutRequest { key: key.into(), value: value.into(), ..Default::default() };
-        Ok(KvClient::new(self.channel.clone()).put(req).await?.into_inner())
+        let channel = self.write_channel().await;
+        let result = KvClient::new(channel).put(req).await;
+        self.after_write(result)
+    }
+
+    fn after_write<T>(&mut self, result: Result<tonic::Response<T>, tonic::Status>) -> Result<T, ClientError> {
+        match result {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => {
+                if status.code() == tonic::Code::Unavailable {
+                    self.forget_leader();
+                }
+                Err(status.into())
+            }
+        }
     }
 
     pub async fn range(&mut self, req: RangeRequest) -> Result<RangeResponse, ClientError> {
@@ -107,7 +159,9 @@ impl Client {
     }
 
     pub async fn delete(&mut self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, ClientError> {
-        Ok(KvClient::new(self.channel.clone()).delete_range(req).await?.into_inner())
+        let channel = self.write_channel().await;
+        let result = KvClient::new(channel).delete_range(req).await;
+        self.after_write(result)
     }
 
     pub async fn members(&mut self) -> Result<Vec<Member>, ClientError> {
@@ -119,13 +173,18 @@ impl Client {
 
     /// One member's status, asked at `endpoint` directly.
     pub async fn status_of(endpoint: &str) -> Result<StatusResponse, ClientError> {
-        let channel = Endpoint::from_shared(endpoint.to_string())
-            .map_err(|_| ClientError::BadEndpoint(endpoint.to_string()))?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .map_err(|e| ClientError::Unreachable { endpoints: endpoint.to_string(), last: e.to_string() })?;
+        let channel = connect(endpoint).await?;
         Ok(MaintenanceClient::new(channel).status(StatusRequest {}).await?.into_inner())
     }
+}
+
+async fn connect(url: &str) -> Result<Channel, ClientError> {
+    Endpoint::from_shared(url.to_string())
+        .map_err(|_| ClientError::BadEndpoint(url.to_string()))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| ClientError::Unreachable { endpoints: url.to_string(), last: e.to_string() })
 }

@@ -88,6 +88,26 @@ impl Cluster {
         }
     }
 
+    /// SIGTERM, then waits (at most 10 s) for the member to exit by itself.
+    pub fn terminate(&mut self, i: usize) -> std::process::ExitStatus {
+        let mut child = self.members[i].child.take().expect("member runs");
+        let pid = child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{} did not stop within 10 s of SIGTERM\n{}", self.members[i].name, self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn is_running(&self, i: usize) -> bool {
         self.members[i].child.is_some()
     }

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -26,11 +26,14 @@ use crate::kv;
 use crate::proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, response_op};
 
 pub fn router(shared: Arc<Shared>) -> Router {
+    // Bodies up to twice the limit reach our own check, which names the limit.
+    let body_limit = DefaultBodyLimit::max(2 * shared.settings.max_request_bytes);
     Router::new()
         .route("/v1/kv/{*key}", get(get_key).put(put_key).delete(delete_key))
         .route("/v1/kv", get(list))
         .route("/v1/status", get(status))
         .route("/healthz", get(health))
+        .layer(body_limit)
         .with_state(shared)
 }
 

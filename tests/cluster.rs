@@ -191,3 +191,32 @@ async fn sigterm_stops_a_member_cleanly_and_its_data_survives() {
     cluster.wait_leader(ELECTION_LIMIT).await;
     assert_eq!(get(&endpoint, "kept", false).await.as_deref(), Some("yes"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_without_its_peers_says_so_and_refuses_writes() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_leader(ELECTION_LIMIT).await;
+    cluster.kill(1);
+    cluster.kill(2);
+    let endpoint = cluster.endpoints()[0].clone();
+    // Within a few election timeouts the lone member knows it has no leader.
+    let deadline = tokio::time::Instant::now() + ELECTION_LIMIT;
+    loop {
+        let status = Client::status_of(&endpoint).await.unwrap();
+        if status.leader == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "a minority member kept a leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut client = Client::connect(std::slice::from_ref(&endpoint)).await.unwrap();
+    let started = std::time::Instant::now();
+    let err = client.put("k", "v").await.unwrap_err().to_string();
+    assert!(err.contains("no leader") || err.contains("timed out"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(12), "the write hung for {:?}", started.elapsed());
+    // A serializable read is still served from local state.
+    let req = raftkv::proto::etcdserverpb::RangeRequest { key: "k".into(), serializable: true, ..Default::default() };
+    assert!(client.range(req).await.unwrap().kvs.is_empty());
+    let log = std::fs::read_to_string(&cluster.members[0].log).unwrap();
+    assert!(log.contains("peer unreachable, retrying"), "no retry message in the log:\n{}", cluster.logs());
+}

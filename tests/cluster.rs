@@ -9,10 +9,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use raftkv::client::Client;
-use raftkv::proto::etcdserverpb::RangeRequest;
+use raftkv::proto::etcdserverpb::kv_client::KvClient;
+use raftkv::proto::etcdserverpb::{PutRequest, RangeRequest};
 use support::cluster::Cluster;
 
 const ELECTION_LIMIT: Duration = Duration::from_secs(15);
+
+/// A put through exactly this member, with the generated etcd client (no
+/// leader routing): on a follower it exercises forwarding.
+async fn put_via(endpoint: &str, key: &str, value: &str) -> Result<(), String> {
+    let mut kv = KvClient::connect(endpoint.to_string()).await.map_err(|e| e.to_string())?;
+    let req = PutRequest { key: key.to_string().into(), value: value.to_string().into(), ..Default::default() };
+    kv.put(req).await.map(drop).map_err(|e| e.to_string())
+}
 
 async fn get(endpoint: &str, key: &str, serializable: bool) -> Option<String> {
     let mut client = Client::connect(&[endpoint.to_string()]).await.unwrap();
@@ -28,8 +37,8 @@ async fn three_members_serve_writes_and_linearizable_reads_through_any_member() 
     let endpoints = cluster.endpoints();
     for (i, writer) in endpoints.iter().enumerate() {
         let key = format!("written-through-{i}");
-        let mut client = Client::connect(std::slice::from_ref(writer)).await.unwrap();
-        client.put(key.clone(), format!("v{i}")).await.unwrap();
+        // The raw etcd client, pinned to this member: a follower must forward.
+        put_via(writer, &key, &format!("v{i}")).await.unwrap();
         // A linearizable read through every member sees the write at once.
         for reader in &endpoints {
             assert_eq!(get(reader, &key, false).await, Some(format!("v{i}")), "read of {key} via {reader}");
@@ -60,15 +69,15 @@ impl Writers {
                     // Each writer starts on a different member.
                     let mut order = endpoints.clone();
                     order.rotate_left(w % endpoints.len());
+                    // Writes go to one member (followers forward them) until it
+                    // fails, then to the next.
+                    let mut at = 0;
                     while !*stopped.borrow() {
                         n += 1;
-                        let Ok(mut client) = Client::connect(&order).await else {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        };
-                        if client.put(key.clone(), n.to_string()).await.is_ok() {
+                        if put_via(&order[at], &key, &n.to_string()).await.is_ok() {
                             acked.lock().unwrap().insert(key.clone(), n);
                         } else {
+                            at = (at + 1) % order.len();
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
                     }

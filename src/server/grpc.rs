@@ -192,26 +192,29 @@ impl RaftPeer for PeerService {
         Ok(Response::new(StreamSummary { received }))
     }
 
-    async fn forward(&self, request: Request<ForwardRequest>) -> Result<Response<ForwardResponse>, Status> {
-        let req = request.into_inner();
-        self.0.check_peer(req.cluster_id, req.from)?;
-        let command = req.command.ok_or_else(|| Status::invalid_argument("forwarded request without a command"))?;
-        let applied = tokio::time::timeout(super::shared::REQUEST_TIMEOUT, self.0.propose_here(command))
-            .await
-            .map_err(|_| Status::unavailable("etcdserver: request timed out"))?
-            .map_err(|e| match e {
-                // Not appended here: the forwarding member may retry elsewhere.
-                NodeError::NotLeader { .. } | NodeError::NoLeader | NodeError::LeaderChanged => {
-                    Status::failed_precondition(e.to_string())
+    type ForwardStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<ForwardResponse, Status>> + Send>>;
+
+    async fn forward(
+        &self,
+        request: Request<Streaming<ForwardRequest>>,
+    ) -> Result<Response<Self::ForwardStream>, Status> {
+        let mut incoming = request.into_inner();
+        let (answers, stream) = tokio::sync::mpsc::channel(4096);
+        let shared = self.0.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(req)) = incoming.message().await {
+                if let Err(status) = shared.check_peer(req.cluster_id, req.from) {
+                    let _ = answers.send(Err(status)).await;
+                    return;
                 }
-                e => node_status(e),
-            })?;
-        let response = applied.result.map_err(super::shared::kv_status)?;
-        Ok(Response::new(ForwardResponse {
-            response: Some(response),
-            revision: applied.revision,
-            raft_term: applied.term,
-        }))
+                // Each write waits for its own commit; the stream keeps flowing.
+                let (shared, answers) = (shared.clone(), answers.clone());
+                tokio::spawn(async move {
+                    let _ = answers.send(Ok(forwarded_write(&shared, req).await)).await;
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(stream))))
     }
 
     async fn hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
@@ -223,5 +226,38 @@ impl RaftPeer for PeerService {
             name: s.name.clone(),
             client_urls: s.advertise_client_urls.clone(),
         }))
+    }
+}
+
+/// Proposes a forwarded write here and answers it, errors included.
+async fn forwarded_write(shared: &Shared, req: ForwardRequest) -> ForwardResponse {
+    let id = req.id;
+    let fail = |status: Status| ForwardResponse {
+        id,
+        error_code: status.code() as i32,
+        error_message: status.message().to_string(),
+        ..Default::default()
+    };
+    let Some(command) = req.command else {
+        return fail(Status::invalid_argument("forwarded request without a command"));
+    };
+    let applied = match tokio::time::timeout(super::shared::REQUEST_TIMEOUT, shared.propose_here(command)).await {
+        Err(_) => return fail(Status::unavailable("etcdserver: request timed out")),
+        // Not appended here: the forwarding member may send it again.
+        Ok(Err(e @ (NodeError::NotLeader { .. } | NodeError::NoLeader | NodeError::LeaderChanged))) => {
+            return fail(Status::failed_precondition(e.to_string()));
+        }
+        Ok(Err(e)) => return fail(node_status(e)),
+        Ok(Ok(applied)) => applied,
+    };
+    match applied.result {
+        Ok(response) => ForwardResponse {
+            id,
+            response: Some(response),
+            revision: applied.revision,
+            raft_term: applied.term,
+            ..Default::default()
+        },
+        Err(e) => fail(super::shared::kv_status(e)),
     }
 }

@@ -6,6 +6,7 @@
 //! does), and runs the [`node`] driver until told to stop.
 
 pub mod config;
+pub mod forward;
 pub mod grpc;
 pub mod http;
 pub mod node;

@@ -1,5 +1,5 @@
 //! What every request handler shares: the node's request queue and status,
-//! the settings, and clients of the peers (to forward writes to the leader).
+//! the settings, and the peers (clients, and forwarders of writes to the leader).
 //!
 //! Retries: a write is retried only when it is known not to have been
 //! appended to the log (no leader yet, this member is not the leader, or the
@@ -14,11 +14,11 @@ use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
 use super::config::Settings;
+use super::forward::Forwarder;
 use super::node::{Applied, NodeError, NodeStatus, Request};
 use crate::kv::KvError;
 use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader, ResponseOp};
 use crate::proto::raftkvpb::Command;
-use crate::proto::raftpeer::ForwardRequest;
 use crate::proto::raftpeer::raft_peer_client::RaftPeerClient;
 use crate::raft::NodeId;
 
@@ -30,6 +30,7 @@ pub struct Shared {
     pub node: mpsc::Sender<Request>,
     pub status: watch::Receiver<NodeStatus>,
     peers: HashMap<NodeId, RaftPeerClient<Channel>>,
+    forwarders: HashMap<NodeId, Forwarder>,
 }
 
 /// A write's outcome: the response, the revision after it, the term.
@@ -37,16 +38,21 @@ pub type WriteResult = (ResponseOp, i64, u64);
 
 impl Shared {
     pub fn new(settings: Settings, node: mpsc::Sender<Request>, status: watch::Receiver<NodeStatus>) -> Shared {
-        let peers = settings
+        let channels: HashMap<NodeId, Channel> = settings
             .members
             .iter()
             .filter(|m| m.id != settings.member_id)
             .filter_map(|m| {
                 let endpoint = Endpoint::from_shared(m.peer_url.clone()).ok()?;
-                Some((m.id, RaftPeerClient::new(endpoint.connect_timeout(Duration::from_secs(1)).connect_lazy())))
+                Some((m.id, endpoint.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true).connect_lazy()))
             })
             .collect();
-        Shared { settings, node, status, peers }
+        let peers = channels.iter().map(|(&id, ch)| (id, RaftPeerClient::new(ch.clone()))).collect();
+        let forwarders = channels
+            .into_iter()
+            .map(|(id, ch)| (id, Forwarder::start(settings.cluster_id, settings.member_id, ch)))
+            .collect();
+        Shared { settings, node, status, peers, forwarders }
     }
 
     pub fn peer(&self, id: NodeId) -> Option<RaftPeerClient<Channel>> {
@@ -115,15 +121,9 @@ impl Shared {
         command: &Command,
         deadline: tokio::time::Instant,
     ) -> Result<WriteResult, Status> {
-        let mut client = self.peer(leader).ok_or_else(|| Status::unavailable("etcdserver: leader unknown"))?;
-        let req = ForwardRequest {
-            cluster_id: self.settings.cluster_id,
-            from: self.settings.member_id,
-            command: Some(command.clone()),
-        };
-        let resp = tokio::time::timeout_at(deadline, client.forward(req)).await.map_err(|_| timed_out())??.into_inner();
-        let response = resp.response.ok_or_else(|| Status::internal("leader sent an empty response"))?;
-        Ok((response, resp.revision, resp.raft_term))
+        let forwarder =
+            self.forwarders.get(&leader).ok_or_else(|| Status::unavailable("etcdserver: leader unknown"))?;
+        tokio::time::timeout_at(deadline, forwarder.forward(command.clone())).await.map_err(|_| timed_out())?
     }
 
     /// Serves a read: linearizable through ReadIndex, or from local state.

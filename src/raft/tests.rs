@@ -5,7 +5,7 @@ use bytes::Bytes;
 
 use super::election::Campaign;
 use super::*;
-use crate::proto::{ConfState, Entry, HardState};
+use crate::proto::{ConfState, Entry, HardState, SnapshotMeta};
 
 fn entry(index: u64, term: u64) -> Entry {
     Entry::normal(index, term, Bytes::from_static(b"x"))
@@ -158,4 +158,59 @@ fn bad_input_is_refused_without_changing_state() {
     let mut cfg = Config::new(1);
     cfg.election_tick = cfg.heartbeat_tick;
     assert!(matches!(Raft::new(cfg, InitialState::default(), 0), Err(RaftError::Config(_))));
+}
+
+#[test]
+fn follower_installs_a_snapshot_past_its_log_and_acks_once_durable() {
+    let mut r = node(2, 1, vec![entry(1, 1)]);
+    let meta = SnapshotMeta { index: 10, term: 3, conf: Some(ConfState::with_voters([1, 2, 3])) };
+    r.step(msg(1, 2, 3, Body::Snapshot { meta: meta.clone() }));
+    let rd = r.ready();
+    assert_eq!(rd.snapshot, Some(meta));
+    assert!(rd.sync);
+    assert_eq!((r.first_index(), r.last_index(), r.commit_index()), (11, 10, 10), "log reset to the snapshot");
+    assert!(rd.messages.iter().all(|m| !matches!(m.body, Body::AppendResponse { .. })));
+    assert_eq!(rd.persisted_messages[0].body, Body::AppendResponse { reject: false, index: 10, hint: None });
+    r.advance();
+    // Appends continue right after the snapshot.
+    r.step(msg(1, 2, 3, Body::Append { prev_index: 10, prev_term: 3, entries: vec![entry(11, 3)], commit: 11 }));
+    assert_eq!(r.ready().persisted_messages[0].body, Body::AppendResponse { reject: false, index: 11, hint: None });
+}
+
+#[test]
+fn leader_sends_the_snapshot_to_a_follower_behind_the_compacted_log() {
+    let mut r = node(1, 1, vec![]);
+    elect(&mut r); // no-op at index 1; follower 3 has not answered yet
+    let term = r.term();
+    for _ in 0..3 {
+        r.propose(Bytes::from_static(b"cmd")).unwrap();
+    }
+    r.ready();
+    r.advance();
+    r.step(msg(2, 1, term, Body::AppendResponse { reject: false, index: 4, hint: None }));
+    assert_eq!(r.commit_index(), 4);
+    r.ready();
+    r.advance();
+    let meta = SnapshotMeta { index: 4, term, conf: Some(ConfState::with_voters([1, 2, 3])) };
+    assert!(!r.compact(4), "no compaction without a snapshot covering it");
+    r.snapshot_available(meta.clone());
+    assert!(r.compact(4));
+    assert_eq!(r.first_index(), 5);
+    // Follower 3 answers a heartbeat: its next entries are gone, so it gets the snapshot.
+    r.step(msg(3, 1, term, Body::HeartbeatResponse { read_seq: 0 }));
+    let rd = r.ready();
+    assert!(rd.messages.iter().any(|m| m.to == 3 && m.body == Body::Snapshot { meta: meta.clone() }));
+    r.advance();
+    // Nothing more goes to it until the transfer is reported.
+    r.step(msg(3, 1, term, Body::HeartbeatResponse { read_seq: 0 }));
+    assert!(
+        r.ready()
+            .messages
+            .iter()
+            .all(|m| !(m.to == 3 && matches!(m.body, Body::Append { .. } | Body::Snapshot { .. })))
+    );
+    r.advance();
+    r.report_snapshot(3, true);
+    r.step(msg(3, 1, term, Body::AppendResponse { reject: false, index: 4, hint: None }));
+    assert_eq!(r.match_index(3), Some(4));
 }

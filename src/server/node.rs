@@ -155,7 +155,11 @@ impl Node {
             Request::Peer(m) => self.raft.step(m),
             Request::Propose { command, reply } => match self.raft.propose(command.encode_to_vec().into()) {
                 Ok(index) => {
-                    self.proposals.insert(index, (self.raft.term(), reply));
+                    // An index reused after losing and regaining leadership:
+                    // the earlier proposal there was replaced, never applied.
+                    if let Some((_, replaced)) = self.proposals.insert(index, (self.raft.term(), reply)) {
+                        let _ = replaced.send(Err(NodeError::LeaderChanged));
+                    }
                 }
                 Err(RaftError::NotLeader { leader }) => {
                     let _ = reply.send(Err(NodeError::NotLeader { leader }));

@@ -20,8 +20,8 @@ use crate::proto::etcdserverpb::cluster_client::ClusterClient;
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use crate::proto::etcdserverpb::{
-    DeleteRangeRequest, DeleteRangeResponse, Member, MemberListRequest, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, StatusRequest, StatusResponse,
+    DeleteRangeRequest, DeleteRangeResponse, MemberListRequest, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    StatusRequest, StatusResponse,
 };
 
 /// The endpoints of the cluster `raftkv dev` starts.
@@ -162,13 +162,6 @@ impl Client {
         let channel = self.write_channel().await;
         let result = KvClient::new(channel).delete_range(req).await;
         self.after_write(result)
-    }
-
-    pub async fn members(&mut self) -> Result<Vec<Member>, ClientError> {
-        self.idempotent(|ch| async move {
-            Ok(ClusterClient::new(ch).member_list(MemberListRequest::default()).await?.into_inner().members)
-        })
-        .await
     }
 
     /// One member's status, asked at `endpoint` directly.

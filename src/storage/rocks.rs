@@ -70,10 +70,6 @@ impl RocksStore {
         Ok(store)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The (cluster id, member id) this data directory belongs to, if set.
     pub fn identity(&self) -> Result<Option<(u64, u64)>> {
         let Some(value) = self.db.get_pinned_cf(self.cf(CF_META), KEY_IDENTITY).map_err(rocks("read identity"))? else {

@@ -223,13 +223,4 @@ impl Checker {
             self.fail(now, msg);
         }
     }
-
-    /// The highest index any node has committed.
-    pub fn max_committed(&self) -> u64 {
-        self.committed.keys().next_back().copied().unwrap_or(0)
-    }
-
-    pub fn terms_with_leaders(&self) -> usize {
-        self.leaders.len()
-    }
 }

@@ -78,6 +78,16 @@ impl KvStore {
         self.revision
     }
 
+    /// A store rebuilt from a snapshot's records (in any order).
+    pub fn from_records(revision: i64, records: impl IntoIterator<Item = KeyValue>) -> KvStore {
+        KvStore { map: records.into_iter().map(|kv| (kv.key.clone(), kv)).collect(), revision }
+    }
+
+    /// Every key's record, in key order: what a snapshot holds.
+    pub fn records(&self) -> impl Iterator<Item = &KeyValue> {
+        self.map.values()
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }

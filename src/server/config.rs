@@ -49,6 +49,14 @@ pub struct ServerArgs {
     /// Largest client request accepted, in bytes.
     #[arg(long, env = "RAFTKV_MAX_REQUEST_BYTES")]
     pub max_request_bytes: Option<usize>,
+    /// Take a snapshot of the key-value map every this many applied entries
+    /// (default 10000), then compact the log behind it.
+    #[arg(long, env = "RAFTKV_SNAPSHOT_ENTRIES")]
+    pub snapshot_entries: Option<u64>,
+    /// Entries kept in the log behind the newest snapshot (default 5000), so
+    /// a follower a little behind catches up from the log, not a snapshot.
+    #[arg(long, env = "RAFTKV_SNAPSHOT_CATCHUP_ENTRIES")]
+    pub snapshot_catchup_entries: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +91,8 @@ pub struct Settings {
     pub heartbeat: Duration,
     pub election_ticks: u32,
     pub max_request_bytes: usize,
+    pub snapshot_entries: u64,
+    pub snapshot_catchup_entries: u64,
 }
 
 impl Settings {
@@ -113,6 +123,8 @@ impl ServerArgs {
             heartbeat_interval: self.heartbeat_interval.or(file.heartbeat_interval),
             election_timeout: self.election_timeout.or(file.election_timeout),
             max_request_bytes: self.max_request_bytes.or(file.max_request_bytes),
+            snapshot_entries: self.snapshot_entries.or(file.snapshot_entries),
+            snapshot_catchup_entries: self.snapshot_catchup_entries.or(file.snapshot_catchup_entries),
         }
     }
 
@@ -158,6 +170,10 @@ impl ServerArgs {
         if max_request_bytes == 0 {
             return Err(invalid("max-request-bytes", "must be positive"));
         }
+        let snapshot_entries = self.snapshot_entries.unwrap_or(10_000);
+        if snapshot_entries == 0 {
+            return Err(invalid("snapshot-entries", "must be positive"));
+        }
         let mut ids: Vec<u64> = members.iter().map(|m| m.id).collect();
         ids.sort_unstable();
         Ok(Settings {
@@ -172,6 +188,8 @@ impl ServerArgs {
             heartbeat: Duration::from_millis(heartbeat_ms),
             election_ticks: (election_ms / heartbeat_ms) as u32,
             max_request_bytes,
+            snapshot_entries,
+            snapshot_catchup_entries: self.snapshot_catchup_entries.unwrap_or(5_000),
         })
     }
 }

@@ -21,7 +21,8 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::raftpeer::raft_peer_server::RaftPeer;
 use crate::proto::raftpeer::{
-    ForwardRequest, ForwardResponse, HelloRequest, HelloResponse, PeerMessage, StreamSummary,
+    ForwardRequest, ForwardResponse, HelloRequest, HelloResponse, InstallSnapshotResponse, PeerMessage, SnapshotPart,
+    StreamSummary,
 };
 
 pub struct KvService(pub Arc<Shared>);
@@ -215,6 +216,14 @@ impl RaftPeer for PeerService {
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(stream))))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotPart>>,
+    ) -> Result<Response<InstallSnapshotResponse>, Status> {
+        let term = super::snapshots::receive(&self.0, self.0.snapshot_dir.clone(), request.into_inner()).await?;
+        Ok(Response::new(InstallSnapshotResponse { term }))
     }
 
     async fn hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {

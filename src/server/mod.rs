@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod http;
 pub mod node;
 pub mod shared;
+pub mod snapshots;
 pub mod transport;
 pub mod wire;
 
@@ -23,12 +24,14 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::server::TcpIncoming;
 
+use crate::kv::KvStore;
 use crate::proto::ConfState;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::raftpeer::raft_peer_server::RaftPeerServer;
 use crate::raft::{Config, Raft, RaftError};
+use crate::snapshot::{SnapshotDir, SnapshotError, Snapshotter};
 use crate::storage::{LogStore, RocksStore, StorageError};
 pub use config::{ServerArgs, Settings};
 
@@ -44,6 +47,10 @@ pub enum ServerError {
     WrongIdentity { path: PathBuf, found_cluster: u64, found_member: u64, cluster: u64, member: u64 },
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+    #[error("{0}")]
+    Snapshot(#[from] SnapshotError),
+    #[error("the core installs snapshot index {index} term {term}, but no such snapshot was received")]
+    SnapshotMissing { index: u64, term: u64 },
     #[error("raft: {0}")]
     Raft(#[from] RaftError),
     #[error("{what} server failed: {source}")]
@@ -73,19 +80,51 @@ pub async fn serve(settings: Settings, stop: watch::Receiver<bool>) -> Result<()
             tracing::info!(dir = %settings.data_dir.display(), members = settings.members.len(), "bootstrapped a new member");
         }
     }
-    let state = store.initial_state()?;
-    let applied = state.offset_index;
+    let snapshot_dir = Arc::new(SnapshotDir::open(settings.data_dir.join("snap"))?);
+    let mut state = store.initial_state()?;
+    // The newest intact snapshot the log continues, then the log after it.
+    let (kv, newest, previous) = match crate::snapshot::recover(&snapshot_dir, &state)? {
+        Some(r) => {
+            tracing::info!(index = r.meta.index, keys = r.kv.len(), file = %r.path.display(), "loaded a snapshot");
+            if let Some(conf) = &r.meta.conf {
+                state.conf = conf.clone();
+            }
+            // A snapshot holds only committed state, even if the commit
+            // index written before a crash was older.
+            state.hard_state.commit = state.hard_state.commit.max(r.meta.index);
+            (r.kv, Some(r.meta), r.previous)
+        }
+        None => (KvStore::new(), None, 0),
+    };
+    let applied = newest.as_ref().map_or(state.offset_index, |m| m.index);
     let mut cfg = Config::new(settings.member_id);
     cfg.election_tick = settings.election_ticks;
     cfg.heartbeat_tick = 1;
     cfg.seed = settings.member_id
         ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    let raft = Raft::new(cfg, state, applied)?;
+    let mut raft = Raft::new(cfg, state, applied)?;
+    let snapshotter = Snapshotter::new(
+        snapshot_dir.clone(),
+        settings.snapshot_entries,
+        settings.snapshot_catchup_entries,
+        newest.as_ref().map_or(0, |m| m.index),
+        previous,
+    );
+    if let Some(meta) = newest {
+        raft.snapshot_available(meta);
+    }
 
-    let transport = transport::Transport::start(settings.cluster_id, settings.member_id, &settings.members);
     let (node_tx, node_rx) = mpsc::channel(64 * 1024);
+    let snapshots = snapshots::SnapshotSender::new(
+        settings.cluster_id,
+        snapshot_dir.clone(),
+        &settings.members,
+        node_tx.downgrade(),
+    );
+    let transport = transport::Transport::start(settings.cluster_id, settings.member_id, &settings.members, snapshots);
     let (status_tx, status_rx) = watch::channel(node::NodeStatus::default());
-    let shared = Arc::new(shared::Shared::new(settings.clone(), node_tx, status_rx));
+    let requests = node_tx.downgrade();
+    let shared = Arc::new(shared::Shared::new(settings.clone(), snapshot_dir, node_tx, status_rx));
 
     let mut servers = tokio::task::JoinSet::new();
     let max_message = (2 * settings.max_request_bytes).max(4 << 20);
@@ -139,11 +178,12 @@ pub async fn serve(settings: Settings, stop: watch::Receiver<bool>) -> Result<()
         "serving"
     );
 
-    let node = node::Node::new(raft, store, transport, status_tx);
+    let node =
+        node::Node::new(node::NodeParts { raft, store, kv, transport, snapshotter, requests, status: status_tx });
     let result = node.run(node_rx, settings.heartbeat, stop.clone()).await;
     drop(shared);
     // The node is done (stopped or failed): the listeners go too.
     servers.abort_all();
     while servers.join_next().await.is_some() {}
-    result.map_err(ServerError::from)
+    result
 }

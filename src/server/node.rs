@@ -11,6 +11,12 @@
 //!
 //! Linearizable reads are batched: all reads that arrive while a ReadIndex
 //! round is being set up share one round.
+//!
+//! Snapshots: once enough entries were applied, an O(1) copy of the map goes
+//! to the [`Snapshotter`]'s thread; when the file is durable the core learns
+//! it can send it, and the log is compacted behind it. A snapshot received
+//! from the leader (already verified and durable) is installed in the same
+//! write that resets the log, so a crash leaves the old state or the new one.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,13 +25,16 @@ use bytes::Bytes;
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::ServerError;
 use super::transport::Transport;
 use crate::kv::{KvError, KvStore};
 use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseOp};
 use crate::proto::raftkvpb::Command;
-use crate::proto::{ConfState, Entry};
-use crate::raft::{Message, NodeId, Raft, RaftError, ReadState, Ready};
-use crate::storage::{LogStore, LogWrite, RocksStore, StorageError};
+use crate::proto::{ConfState, Entry, SnapshotMeta};
+use crate::raft::{Body, Message, NodeId, Raft, RaftError, ReadState, Ready};
+use crate::snapshot::snapshotter::Taken;
+use crate::snapshot::{SnapshotError, Snapshotter};
+use crate::storage::{LogStore, LogWrite, RocksStore};
 
 /// Most requests taken in one turn of the loop.
 const MAX_BATCH: usize = 4096;
@@ -40,6 +49,10 @@ pub enum NodeError {
     LeaderChanged,
     #[error("etcdserver: server stopped")]
     Stopped,
+    /// The write may or may not have been applied: its entry was overtaken
+    /// by a snapshot from a new leader.
+    #[error("etcdserver: request timed out, possibly due to previous leader failure")]
+    OutcomeUnknown,
     #[error(transparent)]
     Kv(#[from] KvError),
 }
@@ -53,10 +66,32 @@ pub struct Applied {
 }
 
 pub enum Request {
-    Propose { command: Command, reply: oneshot::Sender<Result<Applied, NodeError>> },
-    Range { req: RangeRequest, linearizable: bool, reply: oneshot::Sender<Result<(RangeResponse, i64), NodeError>> },
-    Hash { reply: oneshot::Sender<(u32, i64)> },
+    Propose {
+        command: Command,
+        reply: oneshot::Sender<Result<Applied, NodeError>>,
+    },
+    Range {
+        req: RangeRequest,
+        linearizable: bool,
+        reply: oneshot::Sender<Result<(RangeResponse, i64), NodeError>>,
+    },
+    Hash {
+        reply: oneshot::Sender<(u32, i64)>,
+    },
     Peer(Message),
+    /// A verified, durable snapshot from the leader; `reply` gets the term.
+    InstallSnapshot {
+        msg: Message,
+        kv: KvStore,
+        reply: oneshot::Sender<u64>,
+    },
+    /// A snapshot transfer to `to` ended.
+    SnapshotReport {
+        to: NodeId,
+        ok: bool,
+    },
+    /// The background snapshot job ended.
+    SnapshotTaken(Result<Taken, SnapshotError>),
 }
 
 /// What the node publishes after every turn, for status and health.
@@ -89,21 +124,42 @@ pub struct Node {
     /// Reads whose round returned, waiting for their index to be applied.
     reads_ready: Vec<(u64, PendingRead)>,
     next_read_ctx: u64,
+    snapshotter: Snapshotter,
+    /// A received snapshot, waiting for the core to say it installs it.
+    incoming_snapshot: Option<(SnapshotMeta, KvStore)>,
+    /// This node's own queue, for its snapshot thread to report on.
+    requests: mpsc::WeakSender<Request>,
     status: watch::Sender<NodeStatus>,
 }
 
+/// What a node starts from.
+pub struct NodeParts {
+    pub raft: Raft,
+    pub store: RocksStore,
+    /// The key-value map at the core's applied index.
+    pub kv: KvStore,
+    pub transport: Transport,
+    pub snapshotter: Snapshotter,
+    pub requests: mpsc::WeakSender<Request>,
+    pub status: watch::Sender<NodeStatus>,
+}
+
 impl Node {
-    pub fn new(raft: Raft, store: RocksStore, transport: Transport, status: watch::Sender<NodeStatus>) -> Node {
+    pub fn new(parts: NodeParts) -> Node {
+        let NodeParts { raft, store, kv, transport, snapshotter, requests, status } = parts;
         Node {
             raft,
             store,
-            kv: KvStore::new(),
+            kv,
             transport,
             proposals: HashMap::new(),
             reads_unsent: Vec::new(),
             reads_in_round: HashMap::new(),
             reads_ready: Vec::new(),
             next_read_ctx: 0,
+            snapshotter,
+            incoming_snapshot: None,
+            requests,
             status,
         }
     }
@@ -115,15 +171,18 @@ impl Node {
         mut requests: mpsc::Receiver<Request>,
         tick: Duration,
         mut stop: watch::Receiver<bool>,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), ServerError> {
         let started = std::time::Instant::now();
-        let replay = self.raft.commit_index();
+        let snapshot = self.raft.applied_index();
+        let replay = self.raft.commit_index() - snapshot;
         self.drain_readies()?;
         tracing::info!(
-            entries = replay,
+            snapshot,
+            replayed_entries = replay,
+            keys = self.kv.len(),
             revision = self.kv.revision(),
             took_ms = started.elapsed().as_millis() as u64,
-            "recovered the key-value state from the log"
+            "recovered the key-value state (snapshot plus log tail)"
         );
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -132,10 +191,10 @@ impl Node {
                 _ = ticker.tick() => self.raft.tick(),
                 request = requests.recv() => {
                     let Some(request) = request else { break };
-                    self.handle(request);
+                    self.handle(request)?;
                     for _ in 0..MAX_BATCH {
                         match requests.try_recv() {
-                            Ok(request) => self.handle(request),
+                            Ok(request) => self.handle(request)?,
                             Err(_) => break,
                         }
                     }
@@ -150,9 +209,18 @@ impl Node {
         Ok(())
     }
 
-    fn handle(&mut self, request: Request) {
+    fn handle(&mut self, request: Request) -> Result<(), ServerError> {
         match request {
             Request::Peer(m) => self.raft.step(m),
+            Request::InstallSnapshot { msg, kv, reply } => {
+                if let Body::Snapshot { meta } = &msg.body {
+                    self.incoming_snapshot = Some((meta.clone(), kv));
+                }
+                self.raft.step(msg);
+                let _ = reply.send(self.raft.term());
+            }
+            Request::SnapshotReport { to, ok } => self.raft.report_snapshot(to, ok),
+            Request::SnapshotTaken(result) => self.snapshot_taken(result)?,
             Request::Propose { command, reply } => match self.raft.propose(command.encode_to_vec().into()) {
                 Ok(index) => {
                     // An index reused after losing and regaining leadership:
@@ -176,6 +244,7 @@ impl Node {
                 let _ = reply.send((self.kv.hash(), self.kv.revision()));
             }
         }
+        Ok(())
     }
 
     fn serve_range(&self, req: &RangeRequest) -> Result<(RangeResponse, i64), NodeError> {
@@ -202,7 +271,7 @@ impl Node {
         }
     }
 
-    fn drain_readies(&mut self) -> Result<(), StorageError> {
+    fn drain_readies(&mut self) -> Result<(), ServerError> {
         while self.raft.has_ready() {
             let rd = self.raft.ready();
             self.handle_ready(rd)?;
@@ -211,14 +280,25 @@ impl Node {
         Ok(())
     }
 
-    fn handle_ready(&mut self, mut rd: Ready) -> Result<(), StorageError> {
+    fn handle_ready(&mut self, mut rd: Ready) -> Result<(), ServerError> {
         for m in rd.messages.drain(..) {
             self.transport.send(m);
         }
+        let installing = match &rd.snapshot {
+            Some(meta) => match self.incoming_snapshot.take() {
+                Some((m, kv)) if (m.index, m.term) == (meta.index, meta.term) => Some(kv),
+                _ => return Err(ServerError::SnapshotMissing { index: meta.index, term: meta.term }),
+            },
+            None => None,
+        };
         if rd.must_persist() {
             let write = LogWrite::from_ready(&rd);
             let store = &mut self.store;
             tokio::task::block_in_place(|| store.persist(write))?;
+        }
+        if let (Some(kv), Some(meta)) = (installing, &rd.snapshot) {
+            self.kv = kv;
+            self.snapshot_installed(meta);
         }
         for m in rd.persisted_messages.drain(..) {
             self.transport.send(m);
@@ -233,7 +313,78 @@ impl Node {
             }
         }
         self.serve_applied_reads();
+        self.maybe_snapshot();
         Ok(())
+    }
+
+    /// Starts a snapshot if enough was applied since the last one.
+    fn maybe_snapshot(&mut self) {
+        let applied = self.raft.applied_index();
+        if !self.snapshotter.due(applied) {
+            return;
+        }
+        let Some(term) = self.raft.log_term(applied) else { return };
+        let meta = SnapshotMeta { index: applied, term, conf: Some(self.raft.conf().clone()) };
+        tracing::debug!(index = applied, keys = self.kv.len(), "taking a snapshot");
+        let requests = self.requests.clone();
+        self.snapshotter.start(meta, self.kv.clone(), move |result| {
+            if let Some(requests) = requests.upgrade() {
+                let _ = requests.blocking_send(Request::SnapshotTaken(result));
+            }
+        });
+    }
+
+    /// A snapshot is durable: offer it to followers and compact the log.
+    fn snapshot_taken(&mut self, result: Result<Taken, SnapshotError>) -> Result<(), ServerError> {
+        let taken = match result {
+            Ok(taken) => taken,
+            Err(e) => {
+                // The log just stays longer; the next one is tried later.
+                tracing::error!("snapshot failed: {e}");
+                self.snapshotter.finished(None);
+                return Ok(());
+            }
+        };
+        tracing::info!(
+            index = taken.meta.index,
+            keys = taken.records,
+            bytes = taken.bytes,
+            took_ms = taken.took.as_millis() as u64,
+            file = %taken.path.display(),
+            "snapshot written"
+        );
+        self.raft.snapshot_available(taken.meta.clone());
+        if let Some(to) = self.snapshotter.finished(Some(&taken.meta))
+            && to >= self.store.first_index()
+        {
+            let term = self.store.term(to)?;
+            let point = SnapshotMeta { index: to, term, conf: taken.meta.conf.clone() };
+            let store = &mut self.store;
+            tokio::task::block_in_place(|| store.compact(&point))?;
+            self.raft.compact(to);
+            tracing::info!(up_to = to, "log compacted");
+        }
+        if let Err(e) = self.snapshotter.prune() {
+            tracing::warn!("cannot remove old snapshots: {e}");
+        }
+        Ok(())
+    }
+
+    /// The leader's snapshot replaced this member's state and log.
+    fn snapshot_installed(&mut self, meta: &SnapshotMeta) {
+        tracing::info!(index = meta.index, term = meta.term, keys = self.kv.len(), "installed the leader's snapshot");
+        self.snapshotter.installed(meta.index);
+        if let Err(e) = self.snapshotter.prune() {
+            tracing::warn!("cannot remove old snapshots: {e}");
+        }
+        // Proposals from a lost leadership whose entries the snapshot covers:
+        // they may or may not be in it.
+        let covered: Vec<u64> = self.proposals.keys().copied().filter(|&i| i <= meta.index).collect();
+        for index in covered {
+            if let Some((_, reply)) = self.proposals.remove(&index) {
+                let _ = reply.send(Err(NodeError::OutcomeUnknown));
+            }
+        }
     }
 
     fn apply(&mut self, entry: Entry) {

@@ -7,6 +7,7 @@
 //! A write that timed out after it was appended is reported as such.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -21,12 +22,15 @@ use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader, Re
 use crate::proto::raftkvpb::Command;
 use crate::proto::raftpeer::raft_peer_client::RaftPeerClient;
 use crate::raft::NodeId;
+use crate::snapshot::SnapshotDir;
 
 /// How long a request may wait for the cluster (an election included).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Shared {
     pub settings: Settings,
+    /// Where received snapshots are written.
+    pub snapshot_dir: Arc<SnapshotDir>,
     pub node: mpsc::Sender<Request>,
     pub status: watch::Receiver<NodeStatus>,
     peers: HashMap<NodeId, RaftPeerClient<Channel>>,
@@ -37,7 +41,12 @@ pub struct Shared {
 pub type WriteResult = (ResponseOp, i64, u64);
 
 impl Shared {
-    pub fn new(settings: Settings, node: mpsc::Sender<Request>, status: watch::Receiver<NodeStatus>) -> Shared {
+    pub fn new(
+        settings: Settings,
+        snapshot_dir: Arc<SnapshotDir>,
+        node: mpsc::Sender<Request>,
+        status: watch::Receiver<NodeStatus>,
+    ) -> Shared {
         let channels: HashMap<NodeId, Channel> = settings
             .members
             .iter()
@@ -52,7 +61,7 @@ impl Shared {
             .into_iter()
             .map(|(id, ch)| (id, Forwarder::start(settings.cluster_id, settings.member_id, ch)))
             .collect();
-        Shared { settings, node, status, peers, forwarders }
+        Shared { settings, snapshot_dir, node, status, peers, forwarders }
     }
 
     pub fn peer(&self, id: NodeId) -> Option<RaftPeerClient<Channel>> {

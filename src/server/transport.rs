@@ -2,7 +2,8 @@
 //! bounded queue. A full queue drops the message (Raft retransmits what
 //! matters), so a slow or dead peer never holds up the node; a broken link is
 //! reconnected with exponential backoff and reported in the log, not on every
-//! attempt.
+//! attempt. Snapshots do not share the stream: they go on their own call
+//! ([`super::snapshots`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,10 +13,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
 use super::config::Member;
+use super::snapshots::SnapshotSender;
 use super::wire::to_wire;
 use crate::proto::raftpeer::PeerMessage;
 use crate::proto::raftpeer::raft_peer_client::RaftPeerClient;
-use crate::raft::{Message, NodeId};
+use crate::raft::{Body, Message, NodeId};
 
 /// Messages queued per peer before new ones are dropped.
 const QUEUE: usize = 4096;
@@ -24,24 +26,29 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 pub struct Transport {
     cluster_id: u64,
     links: HashMap<NodeId, mpsc::Sender<PeerMessage>>,
+    snapshots: SnapshotSender,
 }
 
 impl Transport {
     /// Starts a link to every member but `me`.
-    pub fn start(cluster_id: u64, me: NodeId, members: &[Member]) -> Transport {
+    pub fn start(cluster_id: u64, me: NodeId, members: &[Member], snapshots: SnapshotSender) -> Transport {
         let mut links = HashMap::new();
         for member in members.iter().filter(|m| m.id != me) {
             let (tx, rx) = mpsc::channel(QUEUE);
             tokio::spawn(run_link(member.clone(), rx));
             links.insert(member.id, tx);
         }
-        Transport { cluster_id, links }
+        Transport { cluster_id, links, snapshots }
     }
 
     pub fn send(&self, m: Message) {
         let to = m.to;
-        if let Some(link) = self.links.get(&to)
-            && link.try_send(to_wire(self.cluster_id, m)).is_err()
+        if matches!(m.body, Body::Snapshot { .. }) {
+            self.snapshots.send(m);
+            return;
+        }
+        if let (Some(link), Some(m)) = (self.links.get(&to), to_wire(self.cluster_id, m))
+            && link.try_send(m).is_err()
         {
             tracing::trace!(to, "peer queue full: message dropped");
         }

@@ -3,7 +3,9 @@
 use crate::proto::raftpeer::{self as pb, peer_message::Body as PbBody};
 use crate::raft::{Body, ConflictHint, Message};
 
-pub fn to_wire(cluster_id: u64, m: Message) -> pb::PeerMessage {
+/// Encodes a message for the peer stream. A snapshot announcement is not
+/// one: the snapshot travels on its own InstallSnapshot call (`None`).
+pub fn to_wire(cluster_id: u64, m: Message) -> Option<pb::PeerMessage> {
     let body = match m.body {
         Body::Append { prev_index, prev_term, entries, commit } => {
             PbBody::Append(pb::Append { prev_index, prev_term, entries, commit })
@@ -22,11 +24,11 @@ pub fn to_wire(cluster_id: u64, m: Message) -> pb::PeerMessage {
         Body::Heartbeat { commit, read_seq } => PbBody::Heartbeat(pb::Heartbeat { commit, read_seq }),
         Body::HeartbeatResponse { read_seq } => PbBody::HeartbeatResponse(pb::HeartbeatResponse { read_seq }),
         Body::TimeoutNow => PbBody::TimeoutNow(pb::TimeoutNow {}),
-        Body::Snapshot { meta } => PbBody::Snapshot(pb::InstallSnapshotRequest { meta: Some(meta) }),
+        Body::Snapshot { .. } => return None,
         Body::ReadIndex { ctx } => PbBody::ReadIndex(pb::ReadIndex { ctx }),
         Body::ReadIndexResponse { ctx, index } => PbBody::ReadIndexResponse(pb::ReadIndexResponse { ctx, index }),
     };
-    pb::PeerMessage { cluster_id, from: m.from, to: m.to, term: m.term, body: Some(body) }
+    Some(pb::PeerMessage { cluster_id, from: m.from, to: m.to, term: m.term, body: Some(body) })
 }
 
 /// Decodes a peer message; an empty body is malformed.
@@ -45,7 +47,6 @@ pub fn from_wire(m: pb::PeerMessage) -> Result<Message, String> {
         PbBody::Heartbeat(h) => Body::Heartbeat { commit: h.commit, read_seq: h.read_seq },
         PbBody::HeartbeatResponse(h) => Body::HeartbeatResponse { read_seq: h.read_seq },
         PbBody::TimeoutNow(_) => Body::TimeoutNow,
-        PbBody::Snapshot(s) => Body::Snapshot { meta: s.meta.ok_or("snapshot message without metadata")? },
         PbBody::ReadIndex(r) => Body::ReadIndex { ctx: r.ctx },
         PbBody::ReadIndexResponse(r) => Body::ReadIndexResponse { ctx: r.ctx, index: r.index },
     };
@@ -74,14 +75,15 @@ mod tests {
             Body::Heartbeat { commit: 3, read_seq: 8 },
             Body::HeartbeatResponse { read_seq: 8 },
             Body::TimeoutNow,
-            Body::Snapshot { meta: SnapshotMeta { index: 10, term: 2, conf: None } },
             Body::ReadIndex { ctx: Bytes::from("r") },
             Body::ReadIndexResponse { ctx: Bytes::from("r"), index: 12 },
         ];
         for body in bodies {
             let m = Message { from: 1, to: 2, term: 3, body };
-            assert_eq!(from_wire(to_wire(77, m.clone())), Ok(m));
+            assert_eq!(from_wire(to_wire(77, m.clone()).unwrap()), Ok(m));
         }
+        let snapshot = Body::Snapshot { meta: SnapshotMeta { index: 10, term: 2, conf: None } };
+        assert!(to_wire(77, Message { from: 1, to: 2, term: 3, body: snapshot }).is_none());
         let empty = pb::PeerMessage { cluster_id: 77, from: 1, to: 2, term: 3, body: None };
         assert!(from_wire(empty).is_err());
     }

@@ -24,6 +24,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub members: Vec<Member>,
     initial_cluster: String,
+    /// Flags every member is started with, after the cluster's own.
+    extra_args: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -31,8 +33,13 @@ fn free_port() -> u16 {
 }
 
 impl Cluster {
-    /// Starts `n` members and waits for a leader.
+    /// Starts `n` members.
     pub fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[])
+    }
+
+    /// Starts `n` members, each also given `extra_args`.
+    pub fn start_with(n: usize, extra_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut members = Vec::new();
         for i in 1..=n {
@@ -48,7 +55,8 @@ impl Cluster {
         }
         let initial_cluster =
             members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",");
-        let mut cluster = Cluster { dir, members, initial_cluster };
+        let extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+        let mut cluster = Cluster { dir, members, initial_cluster, extra_args };
         for i in 0..n {
             cluster.start_member(i);
         }
@@ -71,6 +79,7 @@ impl Cluster {
             .args(["--listen-peer-urls", &m.peer_url, "--initial-advertise-peer-urls", &m.peer_url])
             .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-token", "test"])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(&self.extra_args)
             .env("RAFTKV_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -106,6 +115,33 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Waits (at most `limit`) for a member to exit by itself.
+    pub fn wait_exit(&mut self, i: usize, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            let child = self.members[i].child.as_mut().expect("member runs");
+            if let Some(status) = child.try_wait().unwrap() {
+                self.members[i].child = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} still runs after {limit:?}\n{}", self.members[i].name, self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits (at most `limit`) until a member's log contains `text`.
+    pub async fn wait_log(&self, i: usize, text: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.log_of(i).contains(text) {
+            assert!(Instant::now() < deadline, "`{text}` not logged within {limit:?}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log_of(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.members[i].log).unwrap_or_default()
     }
 
     pub fn is_running(&self, i: usize) -> bool {

@@ -1,5 +1,5 @@
 //! The randomized safety run: many seeds of churn (crashes, restarts,
-//! partitions, lossy and reordering networks) with every Raft safety property
+//! partitions, lossy and reordering networks, frequent snapshots) with every Raft safety property
 //! checked every simulated millisecond, then liveness once faults stop.
 //!
 //! `RAFTKV_SIM_SEEDS=N` runs N seeds (default 1000); `RAFTKV_SIM_SEED=S`
@@ -25,6 +25,12 @@ fn run_seed(seed: u64) {
     // One command per append (acknowledgements cover part of a backlog),
     // or everything in one.
     sim.max_msg_bytes = if seed % 5 == 4 { 1 << 20 } else { 8 };
+    // Half the seeds snapshot often and compact hard, so crashed and
+    // partitioned nodes keep falling behind the log's start.
+    if seed % 4 >= 2 {
+        sim.snapshot_every = Some(5 + seed % 23);
+        sim.snapshot_catchup = seed % 7;
+    }
     let acked = workload::run_churn(&mut sim, 30 * ELECTION_MS);
     sim.heal();
     // Liveness: bounded time to a leader and to every retry getting through.

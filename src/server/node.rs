@@ -125,8 +125,9 @@ pub struct Node {
     reads_ready: Vec<(u64, PendingRead)>,
     next_read_ctx: u64,
     snapshotter: Snapshotter,
-    /// A received snapshot, waiting for the core to say it installs it.
-    incoming_snapshot: Option<(SnapshotMeta, KvStore)>,
+    /// Snapshots received this turn, waiting for the core to install one
+    /// (several may arrive in one batch of requests).
+    incoming_snapshots: Vec<(SnapshotMeta, KvStore)>,
     /// This node's own queue, for its snapshot thread to report on.
     requests: mpsc::WeakSender<Request>,
     status: watch::Sender<NodeStatus>,
@@ -158,7 +159,7 @@ impl Node {
             reads_ready: Vec::new(),
             next_read_ctx: 0,
             snapshotter,
-            incoming_snapshot: None,
+            incoming_snapshots: Vec::new(),
             requests,
             status,
         }
@@ -203,6 +204,8 @@ impl Node {
             }
             self.start_read_round();
             self.drain_readies()?;
+            // The core took what it installs in this turn's Readies.
+            self.incoming_snapshots.clear();
             self.publish_status();
         }
         tracing::info!("node stopped");
@@ -214,7 +217,7 @@ impl Node {
             Request::Peer(m) => self.raft.step(m),
             Request::InstallSnapshot { msg, kv, reply } => {
                 if let Body::Snapshot { meta } = &msg.body {
-                    self.incoming_snapshot = Some((meta.clone(), kv));
+                    self.incoming_snapshots.push((meta.clone(), kv));
                 }
                 self.raft.step(msg);
                 let _ = reply.send(self.raft.term());
@@ -285,10 +288,11 @@ impl Node {
             self.transport.send(m);
         }
         let installing = match &rd.snapshot {
-            Some(meta) => match self.incoming_snapshot.take() {
-                Some((m, kv)) if (m.index, m.term) == (meta.index, meta.term) => Some(kv),
-                _ => return Err(ServerError::SnapshotMissing { index: meta.index, term: meta.term }),
-            },
+            Some(meta) => {
+                let at = self.incoming_snapshots.iter().position(|(m, _)| (m.index, m.term) == (meta.index, meta.term));
+                let at = at.ok_or(ServerError::SnapshotMissing { index: meta.index, term: meta.term })?;
+                Some(self.incoming_snapshots.swap_remove(at).1)
+            }
             None => None,
         };
         if rd.must_persist() {

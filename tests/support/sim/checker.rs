@@ -122,6 +122,21 @@ impl Checker {
         }
     }
 
+    /// A node installed a snapshot of every command up to `index`: each must
+    /// be what was applied there everywhere else.
+    pub fn on_snapshot(&mut self, now: u64, node: NodeId, index: u64, applied: &[(u64, bytes::Bytes)]) {
+        self.nodes.entry(node).or_default().last_applied = index;
+        for (i, data) in applied {
+            let hash = entry_id(&Entry::normal(*i, 0, data.clone())).hash;
+            if let Some(id) = self.applied.get(i)
+                && id.hash != hash
+            {
+                let msg = format!("State Machine Safety: node {node} installed a snapshot that differs at index {i}");
+                self.fail(now, msg);
+            }
+        }
+    }
+
     /// A node restarted: its life-bound history begins again from its store.
     pub fn on_restart(&mut self, now: u64, node: NodeId, raft: &Raft, durable: HardState, applied: u64) {
         self.on_durable(now, node, durable);

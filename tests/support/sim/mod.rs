@@ -5,10 +5,13 @@
 //! node's Ready, and runs the [`Checker`]. Disk writes take simulated time and
 //! are synced only when they finish, so a crash in between loses them (or a
 //! prefix of them), as a power cut would. Everything random comes from one
-//! seed: a failing seed replays the same run.
+//! seed: a failing seed replays the same run. Snapshots are modelled in
+//! [`snapshot`]: taken every `snapshot_every` applied entries, transferred
+//! out of band like the server's InstallSnapshot call.
 
 pub mod checker;
 pub mod network;
+mod snapshot;
 pub mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,6 +23,7 @@ use raftkv::raft::{Config, Message, NodeId, Raft, RaftError, ReadState, Ready};
 use raftkv::storage::{LogStore, LogWrite, MemStore};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+pub use snapshot::SimSnapshot;
 
 pub use checker::Checker;
 pub use network::{NetConfig, Network};
@@ -46,6 +50,18 @@ pub struct Node {
     pub read_states: Vec<ReadState>,
     tick_phase: u64,
     life: u64,
+    /// Durable snapshot files, by index (they survive crashes).
+    pub snapshots: Vec<SimSnapshot>,
+    /// Received snapshots waiting for the core to install one.
+    incoming: Vec<SimSnapshot>,
+    /// The snapshot this life started from (0: none).
+    pub restored_from: u64,
+    /// Snapshots installed from a leader, and taken, across lives.
+    pub installs: u64,
+    pub snapshots_taken: u64,
+    /// Index of the newest snapshot and of the one before it (0: none).
+    snap_newest: u64,
+    snap_previous: u64,
 }
 
 impl Node {
@@ -85,6 +101,12 @@ pub struct Sim {
     /// Append payload limit: small, so that catching up takes several
     /// messages and acknowledgements cover part of a backlog.
     pub max_msg_bytes: u64,
+    /// Take a snapshot every this many applied entries (`None`: never).
+    pub snapshot_every: Option<u64>,
+    /// Entries kept in the log behind the newest snapshot.
+    pub snapshot_catchup: u64,
+    /// Snapshot transfers under way: (when they finish, the announcement).
+    transfers: Vec<(u64, Message)>,
 }
 
 impl Sim {
@@ -101,6 +123,9 @@ impl Sim {
             check_quorum: true,
             disk_latency: (1, 3),
             max_msg_bytes: 8,
+            snapshot_every: None,
+            snapshot_catchup: 0,
+            transfers: Vec::new(),
         };
         let conf = ConfState::with_voters(1..=n);
         for id in 1..=n {
@@ -126,6 +151,13 @@ impl Sim {
                 read_states: Vec::new(),
                 tick_phase,
                 life: 0,
+                snapshots: Vec::new(),
+                incoming: Vec::new(),
+                restored_from: 0,
+                installs: 0,
+                snapshots_taken: 0,
+                snap_newest: 0,
+                snap_previous: 0,
             },
         );
         self.start(id);
@@ -147,10 +179,13 @@ impl Sim {
         cfg.max_inflight = 16;
         cfg.max_msg_bytes = self.max_msg_bytes;
         cfg.seed = seed.wrapping_mul(1_000_003).wrapping_add(id * 7919 + node.life);
-        let state = node.store.initial_state().expect("memory store reads");
-        let applied = state.offset_index;
-        let raft = Raft::new(cfg, state, applied).expect("store state is consistent");
-        node.applied.clear();
+        let mut state = node.store.initial_state().expect("memory store reads");
+        let restored = node.restore(&mut state, seed);
+        let applied = restored.as_ref().map_or(0, |s| s.meta.index);
+        let mut raft = Raft::new(cfg, state, applied).expect("store state is consistent");
+        if let Some(snapshot) = restored {
+            raft.snapshot_available(snapshot.meta);
+        }
         node.read_states.clear();
         self.checker.on_restart(self.now, id, &raft, node.store.durable_hard_state(), applied);
         node.raft = Some(raft);
@@ -219,6 +254,7 @@ impl Sim {
     pub fn step(&mut self) {
         self.now += 1;
         let now = self.now;
+        self.finish_transfers();
         for msg in self.net.due(now) {
             if let Some(raft) = self.nodes.get_mut(&msg.to).and_then(|n| n.raft.as_mut()) {
                 raft.step(msg);
@@ -275,7 +311,10 @@ impl Sim {
                 rd.entries.iter().find(|e| e.index == i).map(|e| e.term).or_else(|| raft.log_term(i))
             });
             for msg in rd.messages.iter().cloned() {
-                self.net.send(self.now, msg, &mut self.rng);
+                self.send(msg);
+            }
+            if let Some(meta) = &rd.snapshot {
+                self.install_snapshot(id, meta);
             }
             // The write is issued now and synced when the disk finishes.
             let must_persist = rd.must_persist();
@@ -286,15 +325,16 @@ impl Sim {
             }
             let Ready { persisted_messages, committed_entries, read_states, sync, .. } = rd;
             self.apply(id, committed_entries);
-            let node = self.nodes.get_mut(&id).unwrap();
-            node.read_states.extend(read_states);
+            self.maybe_snapshot(id);
+            self.nodes.get_mut(&id).unwrap().read_states.extend(read_states);
             if !must_persist {
                 for msg in persisted_messages {
-                    self.net.send(self.now, msg, &mut self.rng);
+                    self.send(msg);
                 }
-                node.raft_mut().advance();
+                self.nodes.get_mut(&id).unwrap().raft_mut().advance();
                 continue;
             }
+            let node = self.nodes.get_mut(&id).unwrap();
             let latency = self.rng.random_range(self.disk_latency.0..=self.disk_latency.1);
             node.disk = Some(DiskWrite { done_at: self.now + latency, sync, after: persisted_messages });
         }
@@ -313,7 +353,7 @@ impl Sim {
             raft.advance();
         }
         for msg in write.after {
-            self.net.send(self.now, msg, &mut self.rng);
+            self.send(msg);
         }
     }
 

@@ -52,6 +52,7 @@ fn cluster_put(c: &mut Criterion) {
                     key_size: 16,
                     val_size: 256,
                     key_space_size: 100_000,
+                    sequential_keys: false,
                     quiet: true,
                 };
                 let report = runtime.block_on(raftkv::bench::run(&args, Workload::Put)).expect("cluster reachable");

@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// Distinct keys: each request picks one at random.
     #[arg(long, default_value_t = 1)]
     pub key_space_size: u64,
+    /// Use keys 0, 1, 2, … in order (wrapping at --key-space-size) instead
+    /// of random ones, e.g. to load exactly N distinct keys.
+    #[arg(long)]
+    pub sequential_keys: bool,
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -143,14 +147,18 @@ pub async fn run(args: &BenchArgs, workload: Workload) -> Result<Report, ClientE
     let mut tasks = Vec::new();
     for c in 0..args.clients {
         let mut kv = KvClient::new(channels[c % channels.len()].clone());
-        let (issued, progress, value, total, key_size) =
-            (issued.clone(), progress.clone(), value.clone(), args.total, args.key_size);
+        let (issued, progress, value, total, key_size, sequential) =
+            (issued.clone(), progress.clone(), value.clone(), args.total, args.key_size, args.sequential_keys);
         tasks.push(tokio::spawn(async move {
             let mut rng = SmallRng::seed_from_u64(c as u64);
             let mut latency = new_histogram();
             let (mut errors, mut first_error) = (0u64, None);
-            while issued.fetch_add(1, Ordering::Relaxed) < total {
-                let k = key(rng.random_range(0..key_space), key_size);
+            loop {
+                let n = issued.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    break;
+                }
+                let k = key(if sequential { n % key_space } else { rng.random_range(0..key_space) }, key_size);
                 let start = Instant::now();
                 let result = match workload {
                     Workload::Put => {

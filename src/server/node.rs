@@ -368,9 +368,7 @@ impl Node {
             self.raft.compact(to);
             tracing::info!(up_to = to, "log compacted");
         }
-        if let Err(e) = self.snapshotter.prune() {
-            tracing::warn!("cannot remove old snapshots: {e}");
-        }
+        self.snapshotter.prune();
         Ok(())
     }
 
@@ -378,9 +376,7 @@ impl Node {
     fn snapshot_installed(&mut self, meta: &SnapshotMeta) {
         tracing::info!(index = meta.index, term = meta.term, keys = self.kv.len(), "installed the leader's snapshot");
         self.snapshotter.installed(meta.index);
-        if let Err(e) = self.snapshotter.prune() {
-            tracing::warn!("cannot remove old snapshots: {e}");
-        }
+        self.snapshotter.prune();
         // Proposals from a lost leadership whose entries the snapshot covers:
         // they may or may not be in it.
         let covered: Vec<u64> = self.proposals.keys().copied().filter(|&i| i <= meta.index).collect();
@@ -441,6 +437,12 @@ impl Node {
             is_learner: self.raft.conf().learners.contains(&self.raft.id()),
         };
         let previous = self.status.borrow().clone();
+        if previous.leader != status.leader {
+            match status.leader {
+                Some(leader) => tracing::info!(leader = format!("{leader:x}"), term = status.term, "leader elected"),
+                None => tracing::info!(term = status.term, "no leader"),
+            }
+        }
         if previous.term != status.term || previous.leader != status.leader {
             // The core drops ReadIndex rounds when leadership changes.
             for read in self.reads_in_round.drain().flat_map(|(_, reads)| reads) {

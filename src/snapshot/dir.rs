@@ -7,7 +7,6 @@
 //! leftovers of an interrupted write or transfer are removed on open.
 
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -97,7 +96,6 @@ impl SnapshotDir {
         let written = (|| {
             let mut f = File::create(&tmp)?;
             let size = file::write(&mut f, header, records)?;
-            f.flush()?;
             f.sync_all()?;
             Ok(size)
         })();

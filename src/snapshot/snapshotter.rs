@@ -104,9 +104,20 @@ impl Snapshotter {
         if self.previous > 0 { by_margin.min(self.previous) } else { by_margin }
     }
 
-    /// Removes the snapshots older than the two newest.
-    pub fn prune(&self) -> Result<()> {
-        self.dir.remove_older_than(if self.previous > 0 { self.previous } else { self.newest })
+    /// Removes the snapshots older than the two newest, on a thread of its
+    /// own: unlinking a file of hundreds of MB can take long enough to stall
+    /// the node's loop.
+    pub fn prune(&self) {
+        let dir = self.dir.clone();
+        let keep_from = if self.previous > 0 { self.previous } else { self.newest };
+        let spawned = std::thread::Builder::new().name("snapshot-prune".into()).spawn(move || {
+            if let Err(e) = dir.remove_older_than(keep_from) {
+                tracing::warn!("cannot remove old snapshots: {e}");
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start the thread removing old snapshots: {e}");
+        }
     }
 }
 

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use raftkv::bench::{BenchArgs, Workload};
-use raftkv::client::Client;
 use raftkv::client::DEV_ENDPOINTS;
+use raftkv::client::{Client, ClientError};
 use raftkv::kv::prefix_end;
 use raftkv::proto::etcdserverpb::{DeleteRangeRequest, RangeRequest};
 use raftkv::server::{self, ServerArgs};
@@ -113,6 +113,17 @@ struct Conn {
     endpoints: Vec<String>,
 }
 
+/// A linearizable read refused for want of a leader: say what still works.
+fn with_read_hint(e: ClientError, serializable: bool) -> anyhow::Error {
+    match &e {
+        ClientError::Server(s) if s.code() == tonic::Code::Unavailable && !serializable => anyhow::anyhow!(
+            "{e}\n  hint: the member cannot reach a majority of the cluster; `raftkv get --serializable` \
+             reads its own, possibly stale, copy"
+        ),
+        _ => e.into(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match cli.command {
@@ -177,7 +188,8 @@ async fn run(command: Command) -> Result<(), Failure> {
             let mut client = Client::connect(&conn.endpoints).await?;
             let range_end = if prefix { prefix_end(key.as_bytes()) } else { Vec::new() };
             let req = RangeRequest { key: key.into(), range_end: range_end.into(), serializable, ..Default::default() };
-            for kv in client.range(req).await?.kvs {
+            let resp = client.range(req).await.map_err(|e| with_read_hint(e, serializable))?;
+            for kv in resp.kvs {
                 println!("{}\n{}", String::from_utf8_lossy(&kv.key), String::from_utf8_lossy(&kv.value));
             }
         }

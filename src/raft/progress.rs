@@ -122,6 +122,13 @@ impl Progress {
         news
     }
 
+    /// The follower's log ends at `last`, before what it acknowledged: its
+    /// disk lost writes it had synced. Forget the match and probe from there.
+    pub fn lost_entries(&mut self, last: u64) {
+        self.matched = last;
+        self.reset(ProgressState::Probe, last + 1);
+    }
+
     /// The follower rejected an append after `rejected`; try `next` instead.
     /// Returns false if the rejection is stale (answers an older append).
     pub fn rejected(&mut self, rejected: u64, next: u64) -> bool {

@@ -51,6 +51,24 @@ impl Raft {
         match m.body {
             Body::AppendResponse { reject: true, index, hint } => {
                 let hint = hint.unwrap_or(ConflictHint { term: 0, index });
+                // A log that ends before what its owner acknowledged: the
+                // follower's disk lost synced writes (a torn or restored
+                // write-ahead log). Rejections at or below the match point
+                // would otherwise look stale forever and the follower would
+                // never catch up; replicating from where its log ends is safe.
+                if hint.term == 0 && hint.index <= pr.matched {
+                    let last = hint.index - 1;
+                    tracing::warn!(
+                        id = self.id,
+                        follower = from,
+                        acknowledged = pr.matched,
+                        last,
+                        "follower lost entries it had acknowledged; replicating them again"
+                    );
+                    pr.lost_entries(last);
+                    self.send_append(from, false);
+                    return;
+                }
                 let next = self.log.next_after_conflict(index, hint);
                 let pr = self.progress.get_mut(&from).expect("checked above");
                 if pr.rejected(index, next) {

@@ -214,3 +214,31 @@ fn leader_sends_the_snapshot_to_a_follower_behind_the_compacted_log() {
     r.step(msg(3, 1, term, Body::AppendResponse { reject: false, index: 4, hint: None }));
     assert_eq!(r.match_index(3), Some(4));
 }
+
+/// A follower whose disk lost synced writes (a torn write-ahead log) rejects
+/// appends at its old match point. Those rejections are not stale: the
+/// leader replicates again from where the follower's log ends instead of
+/// ignoring it forever.
+#[test]
+fn a_follower_that_lost_acknowledged_entries_is_replicated_again() {
+    let mut r = node(1, 1, vec![]);
+    elect(&mut r); // no-op at index 1
+    let term = r.term();
+    for _ in 0..4 {
+        r.propose(Bytes::from_static(b"cmd")).unwrap();
+    }
+    r.ready();
+    r.advance();
+    r.step(msg(2, 1, term, Body::AppendResponse { reject: false, index: 5, hint: None }));
+    assert_eq!(r.match_index(2), Some(5));
+    // Follower 2 restarts with a log ending at 2 and rejects an append after 5.
+    let hint = Some(ConflictHint { term: 0, index: 3 });
+    r.step(msg(2, 1, term, Body::AppendResponse { reject: true, index: 5, hint }));
+    assert_eq!(r.match_index(2), Some(2));
+    let rd = r.ready();
+    let resent = |m: &Message| matches!(&m.body, Body::Append { prev_index: 2, entries, .. } if entries.len() == 3);
+    assert!(rd.messages.iter().any(|m| m.to == 2 && resent(m)), "{:?}", rd.messages);
+    r.advance();
+    // The commit index never goes back.
+    assert_eq!(r.commit_index(), 5);
+}

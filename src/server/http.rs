@@ -1,11 +1,15 @@
 //! The HTTP/JSON surface for curl, served on the client port beside gRPC:
 //!
 //! - `GET /v1/kv/{key}`: the raw value (404 if absent); `?serializable=true`
-//!   reads this member's state without a ReadIndex round;
+//!   reads this member's state without a ReadIndex round, and says so in
+//!   the `x-raftkv-consistency` header;
 //! - `PUT /v1/kv/{key}` with the raw value as body; `DELETE /v1/kv/{key}`;
 //! - `GET /v1/kv?prefix=p`: every key with that prefix, as JSON;
 //! - `GET /v1/status`: this member's Raft and store status, as JSON;
 //! - `GET /healthz`: 200 when this member knows a leader, else 503.
+//!
+//! A member that cannot reach a majority answers writes and linearizable
+//! reads with 503 and a hint that only serializable reads are served.
 //!
 //! Keys and values in JSON are UTF-8 (invalid bytes are replaced); use the
 //! raw-value endpoints or gRPC for binary data.
@@ -39,9 +43,16 @@ pub fn router(shared: Arc<Shared>) -> Router {
 
 struct HttpError(StatusCode, String);
 
+/// What a member without a leader can still do, for whoever reads the error.
+const NO_QUORUM_HINT: &str = "this member cannot reach a majority of the cluster: it serves only \
+     serializable reads (GET /v1/kv/{key}?serializable=true), from its own possibly stale copy";
+
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        let unavailable = self.0 == StatusCode::SERVICE_UNAVAILABLE;
+        let body =
+            if unavailable { json!({ "error": self.1, "hint": NO_QUORUM_HINT }) } else { json!({ "error": self.1 }) };
+        (self.0, Json(body)).into_response()
     }
 }
 
@@ -68,8 +79,9 @@ async fn get_key(
     let serializable = q.get("serializable").is_some_and(|v| v == "true");
     let req = RangeRequest { key: key.into(), serializable, ..Default::default() };
     let (resp, _) = shared.range(req).await?;
+    let consistency = if serializable { "serializable" } else { "linearizable" };
     match resp.kvs.into_iter().next() {
-        Some(kv) => Ok(kv.value.into_response()),
+        Some(kv) => Ok(([("x-raftkv-consistency", consistency)], kv.value).into_response()),
         None => Err(HttpError(StatusCode::NOT_FOUND, "key not found".into())),
     }
 }

@@ -4,12 +4,14 @@
 //! and time; children are SIGKILLed and reaped when the cluster is dropped,
 //! so a failing test leaves nothing running.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use raftkv::client::Client;
+
+use super::proxy::Network;
 
 pub struct Member {
     pub name: String,
@@ -23,7 +25,9 @@ pub struct Member {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub members: Vec<Member>,
-    initial_cluster: String,
+    /// Each member's `--initial-cluster`: the same for all, unless peer
+    /// links go through proxies, when member i reaches j through its own.
+    initial_clusters: Vec<String>,
     /// Flags every member is started with, after the cluster's own.
     extra_args: Vec<String>,
 }
@@ -40,6 +44,41 @@ impl Cluster {
 
     /// Starts `n` members, each also given `extra_args`.
     pub fn start_with(n: usize, extra_args: &[&str]) -> Cluster {
+        let mut cluster = Cluster::new(n, extra_args);
+        for i in 0..n {
+            cluster.start_member(i);
+        }
+        cluster
+    }
+
+    /// Starts `n` members whose peer links all cross fault-injecting
+    /// proxies, one per direction.
+    pub async fn start_proxied(n: usize, extra_args: &[&str]) -> (Cluster, Network) {
+        let mut cluster = Cluster::new(n, extra_args);
+        let peers: Vec<SocketAddr> =
+            cluster.members.iter().map(|m| m.peer_url.trim_start_matches("http://").parse().unwrap()).collect();
+        let network = Network::start(&peers).await;
+        for i in 0..n {
+            cluster.initial_clusters[i] = (0..n)
+                .map(|j| {
+                    let url = if i == j {
+                        cluster.members[j].peer_url.clone()
+                    } else {
+                        format!("http://{}", network.addr(i, j))
+                    };
+                    format!("{}={url}", cluster.members[j].name)
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+        }
+        for i in 0..n {
+            cluster.start_member(i);
+        }
+        (cluster, network)
+    }
+
+    /// Members with ports and directories, none started.
+    fn new(n: usize, extra_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut members = Vec::new();
         for i in 1..=n {
@@ -56,11 +95,7 @@ impl Cluster {
         let initial_cluster =
             members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",");
         let extra_args = extra_args.iter().map(|s| s.to_string()).collect();
-        let mut cluster = Cluster { dir, members, initial_cluster, extra_args };
-        for i in 0..n {
-            cluster.start_member(i);
-        }
-        cluster
+        Cluster { dir, members, initial_clusters: vec![initial_cluster; n], extra_args }
     }
 
     pub fn endpoints(&self) -> Vec<String> {
@@ -77,7 +112,7 @@ impl Cluster {
             .arg(&m.data_dir)
             .args(["--listen-client-urls", &m.client_url])
             .args(["--listen-peer-urls", &m.peer_url, "--initial-advertise-peer-urls", &m.peer_url])
-            .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-token", "test"])
+            .args(["--initial-cluster", &self.initial_clusters[i], "--initial-cluster-token", "test"])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(&self.extra_args)
             .env("RAFTKV_LOG", "info")
@@ -94,6 +129,47 @@ impl Cluster {
         if let Some(mut child) = self.members[i].child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP: the process freezes, its sockets stay open.
+    pub fn pause(&self, i: usize) {
+        self.signal(i, "-STOP");
+    }
+
+    /// SIGCONT after [`Cluster::pause`].
+    pub fn resume(&self, i: usize) {
+        self.signal(i, "-CONT");
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        let pid = self.members[i].child.as_ref().expect("member runs").id().to_string();
+        let sent = Command::new("kill").args([signal, &pid]).status().expect("run kill");
+        assert!(sent.success(), "kill {signal} {pid} failed");
+    }
+
+    /// A member that says it leads (the one with the highest term if two
+    /// do, as across a partition), without waiting for the others to agree.
+    pub async fn wait_self_leader(&self, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        loop {
+            let mut best: Option<(u64, usize)> = None;
+            for (i, m) in self.members.iter().enumerate().filter(|(i, _)| self.is_running(*i)) {
+                let Ok(Ok(status)) =
+                    tokio::time::timeout(Duration::from_millis(500), Client::status_of(&m.client_url)).await
+                else {
+                    continue;
+                };
+                let header = status.header.unwrap_or_default();
+                if status.leader == header.member_id && best.is_none_or(|(term, _)| header.raft_term > term) {
+                    best = Some((header.raft_term, i));
+                }
+            }
+            if let Some((_, i)) = best {
+                return i;
+            }
+            assert!(Instant::now() < deadline, "no member leads within {limit:?}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -129,6 +205,13 @@ impl Cluster {
             assert!(Instant::now() < deadline, "{} still runs after {limit:?}\n{}", self.members[i].name, self.logs());
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The member's exit status if it has exited by itself, without waiting.
+    pub fn exited(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let status = self.members[i].child.as_mut()?.try_wait().unwrap()?;
+        self.members[i].child = None;
+        Some(status)
     }
 
     /// Waits (at most `limit`) until a member's log contains `text`.
@@ -180,7 +263,13 @@ impl Cluster {
     }
 
     pub fn logs(&self) -> String {
-        self.members.iter().map(|m| format!("--- {} ---\n{}", m.name, tail(&m.log, 30))).collect::<Vec<_>>().join("\n")
+        // RAFTKV_TEST_LOG_LINES shows more of each member's log on failure.
+        let lines = std::env::var("RAFTKV_TEST_LOG_LINES").ok().and_then(|n| n.parse().ok()).unwrap_or(30);
+        self.members
+            .iter()
+            .map(|m| format!("--- {} ---\n{}", m.name, tail(&m.log, lines)))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 

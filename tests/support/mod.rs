@@ -1,6 +1,9 @@
 //! Test support shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod chaos;
 pub mod cluster;
+pub mod linearizability;
 pub mod load;
+pub mod proxy;
 pub mod sim;

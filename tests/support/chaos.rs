@@ -1,0 +1,304 @@
+//! The chaos harness: concurrent clients doing puts, linearizable gets,
+//! deletes and compare-and-swaps on a few keys through random members, each
+//! operation recorded for the linearizability checker; and the end-of-run
+//! checks (members converge to one applied index and one state hash; the
+//! whole history, final reads included, is linearizable).
+//!
+//! Values are unique (`c<client>-<n>`), so a read names the write it saw. A
+//! write that failed or timed out is recorded as ambiguous; a failed read is
+//! dropped, since it says nothing.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use raftkv::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use raftkv::proto::etcdserverpb::kv_client::KvClient;
+use raftkv::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use raftkv::proto::etcdserverpb::request_op::Request as Op;
+use raftkv::proto::etcdserverpb::{
+    Compare, DeleteRangeRequest, HashKvRequest, PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest,
+};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tonic::transport::{Channel, Endpoint};
+
+use super::cluster::Cluster;
+use super::linearizability::{Input, Operation, Output, Verdict, check};
+
+/// Longer than the server's own request timeout (5 s) would make every
+/// fault slow; shorter only turns more writes ambiguous, which is allowed.
+const OP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the checker may search before the run counts as failed.
+const CHECK_LIMIT: Duration = Duration::from_secs(120);
+
+/// The seed of a run: `RAFTKV_CHAOS_SEED`, or a fresh one (printed, so a
+/// failure can be replayed as far as real processes allow).
+pub fn seeds() -> Vec<u64> {
+    if let Ok(seed) = std::env::var("RAFTKV_CHAOS_SEED") {
+        return vec![seed.parse().expect("RAFTKV_CHAOS_SEED is a number")];
+    }
+    let rounds: usize = std::env::var("RAFTKV_CHAOS_ROUNDS").map_or(1, |r| r.parse().expect("RAFTKV_CHAOS_ROUNDS"));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let mut rng = SmallRng::seed_from_u64(now.as_nanos() as u64);
+    (0..rounds).map(|_| rng.random_range(0..1_000_000)).collect()
+}
+
+/// The clients' shared record.
+#[derive(Clone)]
+pub struct History {
+    start: Instant,
+    ops: Arc<Mutex<Vec<Operation>>>,
+}
+
+impl History {
+    fn new() -> History {
+        History { start: Instant::now(), ops: Arc::default() }
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    fn record(&self, op: Operation) {
+        self.ops.lock().unwrap().push(op);
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.lock().unwrap().len()
+    }
+
+    /// (acknowledged writes, ambiguous writes, reads)
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let ops = self.ops.lock().unwrap();
+        let reads = ops.iter().filter(|o| o.input == Input::Get).count();
+        let ambiguous = ops.iter().filter(|o| o.output == Output::Unknown).count();
+        (ops.len() - reads - ambiguous, ambiguous, reads)
+    }
+}
+
+pub struct Workload {
+    history: History,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    endpoints: Vec<String>,
+}
+
+pub const KEYS: usize = 5;
+
+impl Workload {
+    pub fn start(clients: usize, endpoints: Vec<String>, seed: u64) -> Workload {
+        let history = History::new();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let tasks = (0..clients)
+            .map(|c| {
+                let mut client = ChaosClient::new(c, &endpoints, history.clone(), seed.wrapping_add(c as u64));
+                let stopped = stopped.clone();
+                tokio::spawn(async move {
+                    while !*stopped.borrow() {
+                        client.random_op().await;
+                    }
+                })
+            })
+            .collect();
+        Workload { history, stop, tasks, endpoints }
+    }
+
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// Stops the clients (each finishes its operation in flight), then
+    /// reads every key through every member into the history.
+    pub async fn finish(self, cluster: &Cluster) -> History {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let mut reader = ChaosClient::new(usize::MAX, &self.endpoints, self.history.clone(), 0);
+        for (m, _) in self.endpoints.iter().enumerate().filter(|(m, _)| cluster.is_running(*m)) {
+            for k in 0..KEYS {
+                let key = format!("k{k}");
+                assert!(
+                    reader.get(m, &key).await,
+                    "the final read of {key} through member {m} failed\n{}",
+                    cluster.logs()
+                );
+            }
+        }
+        self.history
+    }
+}
+
+struct ChaosClient {
+    id: usize,
+    kv: Vec<KvClient<Channel>>,
+    history: History,
+    rng: SmallRng,
+    written: u64,
+    /// The last value this client saw per key: what a swap expects.
+    seen: Vec<Option<String>>,
+}
+
+impl ChaosClient {
+    fn new(id: usize, endpoints: &[String], history: History, seed: u64) -> ChaosClient {
+        let kv = endpoints
+            .iter()
+            .map(|e| {
+                let channel = Endpoint::from_shared(e.clone())
+                    .unwrap()
+                    .connect_timeout(Duration::from_millis(500))
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                KvClient::new(channel)
+            })
+            .collect();
+        ChaosClient { id, kv, history, rng: SmallRng::seed_from_u64(seed), written: 0, seen: vec![None; KEYS] }
+    }
+
+    async fn random_op(&mut self) {
+        let member = self.rng.random_range(0..self.kv.len());
+        let k = self.rng.random_range(0..KEYS);
+        let key = format!("k{k}");
+        self.written += 1;
+        let value = format!("c{}-{}", self.id, self.written);
+        match self.rng.random_range(0..100) {
+            0..40 => {
+                if !self.get(member, &key).await {
+                    // A member that does not answer: don't spin on it.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            40..65 => {
+                let req = PutRequest { key: key.clone().into(), value: value.clone().into(), ..Default::default() };
+                let mut kv = self.kv[member].clone();
+                let call = self.history.now();
+                let ok = tokio::time::timeout(OP_TIMEOUT, kv.put(req)).await.is_ok_and(|r| r.is_ok());
+                if ok {
+                    self.seen[k] = Some(value.clone());
+                }
+                self.write_done(key, Input::Put { value }, call, ok.then_some(Output::Done)).await;
+            }
+            65..75 => {
+                let req = DeleteRangeRequest { key: key.clone().into(), ..Default::default() };
+                let mut kv = self.kv[member].clone();
+                let call = self.history.now();
+                let ok = tokio::time::timeout(OP_TIMEOUT, kv.delete_range(req)).await.is_ok_and(|r| r.is_ok());
+                self.write_done(key, Input::Delete, call, ok.then_some(Output::Done)).await;
+            }
+            _ => {
+                let expected = self.seen[k].clone();
+                let compare = match &expected {
+                    Some(v) => Compare {
+                        result: CompareResult::Equal as i32,
+                        target: CompareTarget::Value as i32,
+                        key: key.clone().into(),
+                        target_union: Some(TargetUnion::Value(v.clone().into())),
+                        ..Default::default()
+                    },
+                    // Absent: never created (etcd's idiom for "if missing").
+                    None => Compare {
+                        result: CompareResult::Equal as i32,
+                        target: CompareTarget::Create as i32,
+                        key: key.clone().into(),
+                        target_union: Some(TargetUnion::CreateRevision(0)),
+                        ..Default::default()
+                    },
+                };
+                let put = PutRequest { key: key.clone().into(), value: value.clone().into(), ..Default::default() };
+                let req = TxnRequest {
+                    compare: vec![compare],
+                    success: vec![RequestOp { request: Some(Op::RequestPut(put)) }],
+                    failure: vec![],
+                };
+                let mut kv = self.kv[member].clone();
+                let call = self.history.now();
+                let outcome = match tokio::time::timeout(OP_TIMEOUT, kv.txn(req)).await {
+                    Ok(Ok(resp)) => Some(Output::Swapped(resp.into_inner().succeeded)),
+                    _ => None,
+                };
+                if outcome == Some(Output::Swapped(true)) {
+                    self.seen[k] = Some(value.clone());
+                }
+                self.write_done(key, Input::Cas { expected, new: value }, call, outcome).await;
+            }
+        }
+    }
+
+    /// Records a write; `None`: its outcome is unknown.
+    async fn write_done(&mut self, key: String, input: Input, call: u64, output: Option<Output>) {
+        let (output, ret) = match output {
+            Some(output) => (output, Some(self.history.now())),
+            None => (Output::Unknown, None),
+        };
+        let failed = ret.is_none();
+        self.history.record(Operation { client: self.id, key, input, output, call, ret });
+        if failed {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A linearizable read, recorded if it succeeded.
+    async fn get(&mut self, member: usize, key: &str) -> bool {
+        let req = RangeRequest { key: key.to_string().into(), ..Default::default() };
+        let mut kv = self.kv[member].clone();
+        let call = self.history.now();
+        let Ok(Ok(resp)) = tokio::time::timeout(OP_TIMEOUT, kv.range(req)).await else { return false };
+        let ret = self.history.now();
+        let value = resp.into_inner().kvs.first().map(|kv| String::from_utf8(kv.value.to_vec()).unwrap());
+        if let Some(k) = key.strip_prefix('k').and_then(|k| k.parse::<usize>().ok()) {
+            self.seen[k] = value.clone();
+        }
+        let op = Operation {
+            client: self.id,
+            key: key.to_string(),
+            input: Input::Get,
+            output: Output::Value(value),
+            call,
+            ret: Some(ret),
+        };
+        self.history.record(op);
+        true
+    }
+}
+
+/// Waits until every running member reports the same applied index and the
+/// same hash and revision of its key-value map.
+pub async fn wait_converged(cluster: &Cluster, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut seen = Vec::new();
+        for (i, endpoint) in cluster.endpoints().iter().enumerate().filter(|(i, _)| cluster.is_running(*i)) {
+            seen.push((i, state_of(endpoint).await));
+        }
+        if seen.iter().all(|(_, s)| s.is_some() && *s == seen[0].1) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "members did not converge within {limit:?}: (member, (applied, hash, revision)) {seen:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn state_of(endpoint: &str) -> Option<(u64, u32, i64)> {
+    let mut m = MaintenanceClient::connect(endpoint.to_string()).await.ok()?;
+    let applied = m.status(StatusRequest {}).await.ok()?.into_inner().raft_applied_index;
+    let hash = m.hash_kv(HashKvRequest::default()).await.ok()?.into_inner();
+    // The applied index again: the hash belongs to it only if it did not move.
+    let again = m.status(StatusRequest {}).await.ok()?.into_inner().raft_applied_index;
+    (applied == again).then(|| (applied, hash.hash, hash.header.map_or(0, |h| h.revision)))
+}
+
+/// Checks the history; on failure names the seed and shows the key's history.
+pub fn assert_linearizable(history: &History, seed: u64, cluster: &Cluster) {
+    let ops = history.ops.lock().unwrap().clone();
+    match check(&ops, CHECK_LIMIT) {
+        Verdict::Linearizable => {}
+        Verdict::Violation { key, history } => {
+            panic!("seed {seed}: the history of {key} is not linearizable:\n{history}\n{}", cluster.logs())
+        }
+        Verdict::TimedOut { key } => panic!("seed {seed}: checking {key} ran out of time ({CHECK_LIMIT:?})"),
+    }
+}

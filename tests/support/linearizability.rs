@@ -1,0 +1,213 @@
+//! A linearizability checker for key-value histories, after Porcupine: the
+//! Wing–Gong/Lowe search with memoization of (linearized set, state),
+//! partitioned by key (operations on different keys commute, so a history
+//! is linearizable when each key's sub-history is).
+//!
+//! An operation is (client, call time, return time, input, output). A write
+//! whose outcome is unknown (it failed or timed out) has no return time: it
+//! may take effect at any moment after its call, or never. A failed read
+//! says nothing and is left out by the recorder. A search that runs out of
+//! time is a failure, never a pass.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Input {
+    Put {
+        value: String,
+    },
+    Get,
+    Delete,
+    /// Put `new` if the key holds `expected` (`None`: if it is absent).
+    Cas {
+        expected: Option<String>,
+        new: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// A put or delete that was acknowledged.
+    Done,
+    /// What a get saw.
+    Value(Option<String>),
+    /// Whether a compare-and-swap swapped.
+    Swapped(bool),
+    /// The outcome is unknown (failed or timed out); only for writes.
+    Unknown,
+}
+
+#[derive(Clone, Debug)]
+pub struct Operation {
+    pub client: usize,
+    pub key: String,
+    pub input: Input,
+    pub output: Output,
+    /// Nanoseconds since the history began.
+    pub call: u64,
+    /// `None`: the operation never returned (its outcome is unknown).
+    pub ret: Option<u64>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Linearizable,
+    /// The first key whose history has no linearization, with that history.
+    Violation {
+        key: String,
+        history: String,
+    },
+    /// The search ran out of time (a failure, never a pass).
+    TimedOut {
+        key: String,
+    },
+}
+
+/// The model: one key's value. Returns the state after `input` if the
+/// output is possible there.
+fn step(state: &Option<String>, input: &Input, output: &Output) -> Option<Option<String>> {
+    match (input, output) {
+        (Input::Put { value }, Output::Done | Output::Unknown) => Some(Some(value.clone())),
+        (Input::Delete, Output::Done | Output::Unknown) => Some(None),
+        (Input::Get, Output::Value(seen)) => (seen == state).then(|| state.clone()),
+        (Input::Cas { expected, new }, Output::Swapped(true)) => (state == expected).then(|| Some(new.clone())),
+        (Input::Cas { expected, .. }, Output::Swapped(false)) => (state != expected).then(|| state.clone()),
+        (Input::Cas { expected, new }, Output::Unknown) => {
+            Some(if state == expected { Some(new.clone()) } else { state.clone() })
+        }
+        _ => None,
+    }
+}
+
+/// Checks a whole history, key by key, within `limit` in total.
+pub fn check(history: &[Operation], limit: Duration) -> Verdict {
+    let deadline = Instant::now() + limit;
+    let mut by_key: BTreeMap<&str, Vec<&Operation>> = BTreeMap::new();
+    for op in history {
+        by_key.entry(&op.key).or_default().push(op);
+    }
+    for (key, ops) in by_key {
+        match check_key(&ops, deadline) {
+            Some(true) => {}
+            Some(false) => return Verdict::Violation { key: key.to_string(), history: describe(&ops) },
+            None => return Verdict::TimedOut { key: key.to_string() },
+        }
+    }
+    Verdict::Linearizable
+}
+
+fn describe(ops: &[&Operation]) -> String {
+    let mut sorted = ops.to_vec();
+    sorted.sort_by_key(|op| op.call);
+    sorted
+        .iter()
+        .map(|op| {
+            let ret = op.ret.map_or("∞".to_string(), |r| format!("{:.3}", r as f64 / 1e6));
+            format!(
+                "  client {} [{:.3} ms, {ret} ms] {:?} -> {:?}",
+                op.client,
+                op.call as f64 / 1e6,
+                op.input,
+                op.output
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// One event of the search's list: an operation's call or its return.
+#[derive(Clone, Copy)]
+struct Event {
+    op: usize,
+    is_call: bool,
+    /// For a call, the index of its return event.
+    partner: usize,
+}
+
+/// The Wing–Gong/Lowe search over one key's operations. `None`: out of time.
+fn check_key(ops: &[&Operation], deadline: Instant) -> Option<bool> {
+    // Events sorted by time; a call before a return at the same instant
+    // (the more permissive order). Unknown returns come last.
+    let mut times: Vec<(u64, bool, usize)> = Vec::with_capacity(2 * ops.len());
+    for (i, op) in ops.iter().enumerate() {
+        times.push((op.call, false, i));
+        times.push((op.ret.unwrap_or(u64::MAX), true, i));
+    }
+    times.sort();
+    let n = times.len();
+    let mut events: Vec<Event> =
+        times.iter().map(|&(_, is_return, op)| Event { op, is_call: !is_return, partner: 0 }).collect();
+    let mut return_at = vec![0; ops.len()];
+    for (i, e) in events.iter().enumerate() {
+        if !e.is_call {
+            return_at[e.op] = i;
+        }
+    }
+    for e in events.iter_mut().filter(|e| e.is_call) {
+        e.partner = return_at[e.op];
+    }
+    // A doubly linked list over the events, with a head sentinel at n.
+    const END: usize = usize::MAX;
+    if n == 0 {
+        return Some(true);
+    }
+    let mut next: Vec<usize> = (1..n).chain([END, 0]).collect();
+    let mut prev: Vec<usize> = std::iter::once(n).chain(0..n - 1).chain([END]).collect();
+    let head = |next: &Vec<usize>| next[n];
+
+    let words = ops.len().div_ceil(64);
+    let mut linearized = vec![0u64; words];
+    let mut cache: HashSet<(Vec<u64>, Option<String>)> = HashSet::new();
+    let mut stack: Vec<(usize, Option<String>)> = Vec::new();
+    let mut state: Option<String> = None;
+    let mut entry = head(&next);
+    let mut steps = 0u64;
+    while head(&next) != END {
+        steps += 1;
+        if steps.is_multiple_of(4096) && Instant::now() > deadline {
+            return None;
+        }
+        let e = events[entry];
+        if e.is_call {
+            let op = ops[e.op];
+            if let Some(new_state) = step(&state, &op.input, &op.output) {
+                let mut with = linearized.clone();
+                with[e.op / 64] |= 1 << (e.op % 64);
+                if cache.insert((with.clone(), new_state.clone())) {
+                    stack.push((entry, state));
+                    state = new_state;
+                    linearized = with;
+                    // Lift the call and its return out of the list.
+                    for i in [entry, e.partner] {
+                        let (p, q) = (prev[i], next[i]);
+                        next[p] = q;
+                        if q != END {
+                            prev[q] = p;
+                        }
+                    }
+                    entry = head(&next);
+                    continue;
+                }
+            }
+            entry = next[entry];
+        } else {
+            // A return reached before its operation was placed: undo the
+            // last placement and try the next candidate after it.
+            let Some((call, before)) = stack.pop() else { return Some(false) };
+            let op = events[call].op;
+            linearized[op / 64] &= !(1 << (op % 64));
+            state = before;
+            // Put the call and its return back (reverse order of lifting).
+            for i in [events[call].partner, call] {
+                let (p, q) = (prev[i], next[i]);
+                next[p] = i;
+                if q != END {
+                    prev[q] = i;
+                }
+            }
+            entry = next[call];
+        }
+    }
+    Some(true)
+}

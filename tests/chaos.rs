@@ -99,6 +99,7 @@ impl Run {
         wait_converged(&self.cluster, LIMIT).await;
         let (acked, ambiguous, reads) = history.counts();
         println!("seed {}: {acked} acknowledged writes, {ambiguous} ambiguous, {reads} reads", self.seed);
+        println!("seed {}: write errors {:?}", self.seed, history.errors());
         assert!(acked > 50 && reads > 50, "seed {}: too little load to judge", self.seed);
         assert_linearizable(&history, self.seed, &self.cluster);
     }

@@ -22,6 +22,8 @@ use crate::raft::{Body, Message, NodeId};
 /// Messages queued per peer before new ones are dropped.
 const QUEUE: usize = 4096;
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// A stream that lived this long was a working link: failures start over.
+const STABLE: Duration = Duration::from_secs(1);
 
 pub struct Transport {
     cluster_id: u64,
@@ -88,29 +90,38 @@ async fn run_link(peer: Member, mut queue: mpsc::Receiver<PeerMessage>) {
                 continue;
             }
         };
-        if failures > 0 {
+        if failures > 0 && failures.is_power_of_two() {
             tracing::info!(peer = peer.name, "connected to peer");
         }
-        failures = 0;
-        backoff = Duration::from_millis(50);
+        let connected = tokio::time::Instant::now();
         let (tx, rx) = mpsc::channel(QUEUE);
         let mut client = RaftPeerClient::new(channel);
         let mut call = tokio::spawn(async move { client.stream(ReceiverStream::new(rx)).await });
-        loop {
+        let ended = loop {
             tokio::select! {
                 m = queue.recv() => match m {
-                    Some(m) => if tx.send(m).await.is_err() { break },
+                    Some(m) => if tx.send(m).await.is_err() { break None },
                     None => return,
                 },
-                result = &mut call => {
-                    match result {
-                        Ok(Err(status)) => tracing::warn!(peer = peer.name, "peer closed the stream: {}", status.message()),
-                        _ => tracing::warn!(peer = peer.name, "stream to peer ended"),
-                    }
-                    break;
-                }
+                result = &mut call => break match result {
+                    Ok(Err(status)) => Some(status.message().to_string()),
+                    _ => None,
+                },
             }
+        };
+        // A stream that ends at once (a peer that accepts and closes, as a
+        // proxy in front of a dead member does) counts as a failed attempt:
+        // it backs off and is logged at powers of two, like a refused connect.
+        if connected.elapsed() >= STABLE {
+            failures = 0;
+            backoff = Duration::from_millis(50);
         }
+        if failures.is_power_of_two() || failures == 0 {
+            let reason = ended.as_deref().unwrap_or("the stream ended");
+            tracing::warn!(peer = peer.name, attempts = failures + 1, "stream to peer closed, reconnecting: {reason}");
+        }
+        failures += 1;
         tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }

@@ -29,7 +29,7 @@ use super::linearizability::{Input, Operation, Output, Verdict, check};
 /// fault slow; shorter only turns more writes ambiguous, which is allowed.
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the checker may search before the run counts as failed.
-const CHECK_LIMIT: Duration = Duration::from_secs(120);
+const CHECK_LIMIT: Duration = Duration::from_secs(60);
 
 /// The seed of a run: `RAFTKV_CHAOS_SEED`, or a fresh one (printed, so a
 /// failure can be replayed as far as real processes allow).
@@ -48,11 +48,13 @@ pub fn seeds() -> Vec<u64> {
 pub struct History {
     start: Instant,
     ops: Arc<Mutex<Vec<Operation>>>,
+    /// How often each error message was seen, for the run's summary.
+    errors: Arc<Mutex<std::collections::BTreeMap<String, usize>>>,
 }
 
 impl History {
     fn new() -> History {
-        History { start: Instant::now(), ops: Arc::default() }
+        History { start: Instant::now(), ops: Arc::default(), errors: Arc::default() }
     }
 
     fn now(&self) -> u64 {
@@ -61,6 +63,14 @@ impl History {
 
     fn record(&self, op: Operation) {
         self.ops.lock().unwrap().push(op);
+    }
+
+    fn count_error(&self, message: &str) {
+        *self.errors.lock().unwrap().entry(message.to_string()).or_default() += 1;
+    }
+
+    pub fn errors(&self) -> std::collections::BTreeMap<String, usize> {
+        self.errors.lock().unwrap().clone()
     }
 
     pub fn len(&self) -> usize {
@@ -129,6 +139,16 @@ impl Workload {
     }
 }
 
+/// Errors after which a write certainly did not take effect.
+const DEFINITE_FAILURES: [&str; 3] = ["etcdserver: no leader", "etcdserver: leader unknown", "tcp connect error"];
+
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Done(Output),
+    NotApplied,
+    Unknown,
+}
+
 struct ChaosClient {
     id: usize,
     kv: Vec<KvClient<Channel>>,
@@ -172,18 +192,19 @@ impl ChaosClient {
                 let req = PutRequest { key: key.clone().into(), value: value.clone().into(), ..Default::default() };
                 let mut kv = self.kv[member].clone();
                 let call = self.history.now();
-                let ok = tokio::time::timeout(OP_TIMEOUT, kv.put(req)).await.is_ok_and(|r| r.is_ok());
-                if ok {
+                let outcome = self.outcome(tokio::time::timeout(OP_TIMEOUT, kv.put(req)).await, |_| Output::Done);
+                if outcome == Outcome::Done(Output::Done) {
                     self.seen[k] = Some(value.clone());
                 }
-                self.write_done(key, Input::Put { value }, call, ok.then_some(Output::Done)).await;
+                self.write_done(key, Input::Put { value }, call, outcome).await;
             }
             65..75 => {
                 let req = DeleteRangeRequest { key: key.clone().into(), ..Default::default() };
                 let mut kv = self.kv[member].clone();
                 let call = self.history.now();
-                let ok = tokio::time::timeout(OP_TIMEOUT, kv.delete_range(req)).await.is_ok_and(|r| r.is_ok());
-                self.write_done(key, Input::Delete, call, ok.then_some(Output::Done)).await;
+                let outcome =
+                    self.outcome(tokio::time::timeout(OP_TIMEOUT, kv.delete_range(req)).await, |_| Output::Done);
+                self.write_done(key, Input::Delete, call, outcome).await;
             }
             _ => {
                 let expected = self.seen[k].clone();
@@ -212,11 +233,9 @@ impl ChaosClient {
                 };
                 let mut kv = self.kv[member].clone();
                 let call = self.history.now();
-                let outcome = match tokio::time::timeout(OP_TIMEOUT, kv.txn(req)).await {
-                    Ok(Ok(resp)) => Some(Output::Swapped(resp.into_inner().succeeded)),
-                    _ => None,
-                };
-                if outcome == Some(Output::Swapped(true)) {
+                let answer = tokio::time::timeout(OP_TIMEOUT, kv.txn(req)).await;
+                let outcome = self.outcome(answer, |r| Output::Swapped(r.into_inner().succeeded));
+                if outcome == Outcome::Done(Output::Swapped(true)) {
                     self.seen[k] = Some(value.clone());
                 }
                 self.write_done(key, Input::Cas { expected, new: value }, call, outcome).await;
@@ -224,11 +243,43 @@ impl ChaosClient {
         }
     }
 
-    /// Records a write; `None`: its outcome is unknown.
-    async fn write_done(&mut self, key: String, input: Input, call: u64, output: Option<Output>) {
-        let (output, ret) = match output {
-            Some(output) => (output, Some(self.history.now())),
-            None => (Output::Unknown, None),
+    /// What a write's answer says about its effect.
+    fn outcome<T>(
+        &self,
+        answer: Result<Result<T, tonic::Status>, tokio::time::error::Elapsed>,
+        output: impl FnOnce(T) -> Output,
+    ) -> Outcome {
+        match answer {
+            Ok(Ok(resp)) => Outcome::Done(output(resp)),
+            Ok(Err(status)) => {
+                let message = status.message();
+                self.history.count_error(message);
+                // The request never reached a member (connection refused),
+                // or the member says no leader took it: it did nothing. If
+                // that were untrue, its unique value would show up in a read
+                // and the check would fail on a value nobody wrote.
+                if DEFINITE_FAILURES.iter().any(|m| message.contains(m)) {
+                    Outcome::NotApplied
+                } else {
+                    Outcome::Unknown
+                }
+            }
+            Err(_) => {
+                self.history.count_error("client timeout");
+                Outcome::Unknown
+            }
+        }
+    }
+
+    /// Records a write with its outcome.
+    async fn write_done(&mut self, key: String, input: Input, call: u64, outcome: Outcome) {
+        let (output, ret) = match outcome {
+            Outcome::Done(output) => (output, Some(self.history.now())),
+            Outcome::Unknown => (Output::Unknown, None),
+            Outcome::NotApplied => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                return;
+            }
         };
         let failed = ret.is_none();
         self.history.record(Operation { client: self.id, key, input, output, call, ret });

@@ -32,8 +32,25 @@ pub struct Cluster {
     extra_args: Vec<String>,
 }
 
+/// A port that is free now, taken below the kernel's ephemeral range
+/// (32768 and up), where proxies and outgoing connections get theirs, and
+/// never handed out twice by this process: between picking a port and the
+/// member binding it, nothing else in the test run takes it.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let start = u64::from(std::process::id()) * 7919;
+    for _ in 0..10_000 {
+        let port = 12_000 + ((start + NEXT.fetch_add(1, Ordering::Relaxed) * 104_729) % 20_000) as u16;
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free port found below 32000");
 }
 
 impl Cluster {

@@ -8,6 +8,15 @@
 //! may take effect at any moment after its call, or never. A failed read
 //! says nothing and is left out by the recorder. A search that runs out of
 //! time is a failure, never a pass.
+//!
+//! Unknown writes are what makes the search explode: k of them pending give
+//! 2^k subsets to try. Most of them are interchangeable: a put whose unique
+//! value nobody ever read leaves the key in a state no read can tell from
+//! another such put's, and unknown deletes all do the same. Within such a
+//! class the search places the operations in call order only; any
+//! linearization can be rearranged that way (swap two members: both never
+//! return, the earlier-called one may stand wherever the later one did), so
+//! k pending members cost k + 1 subsets instead of 2^k.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
@@ -64,6 +73,9 @@ pub enum Verdict {
     },
 }
 
+/// What an unread value becomes: every such value looks the same to a read.
+const UNREAD: &str = "\u{0}a value nobody read";
+
 /// The model: one key's value. Returns the state after `input` if the
 /// output is possible there.
 fn step(state: &Option<String>, input: &Input, output: &Output) -> Option<Option<String>> {
@@ -89,23 +101,28 @@ pub fn check(history: &[Operation], limit: Duration) -> Verdict {
     }
     for (key, ops) in by_key {
         match check_key(&ops, deadline) {
-            Some(true) => {}
-            Some(false) => return Verdict::Violation { key: key.to_string(), history: describe(&ops) },
+            Some(Ok(())) => {}
+            Some(Err(stuck)) => return Verdict::Violation { key: key.to_string(), history: describe(&ops, stuck) },
             None => return Verdict::TimedOut { key: key.to_string() },
         }
     }
     Verdict::Linearizable
 }
 
-fn describe(ops: &[&Operation]) -> String {
-    let mut sorted = ops.to_vec();
-    sorted.sort_by_key(|op| op.call);
-    sorted
+/// The operations around `stuck` (the first one no linearization could
+/// place), marked, with at most 20 before and after it in call order.
+fn describe(ops: &[&Operation], stuck: usize) -> String {
+    let mut sorted: Vec<(usize, &Operation)> = ops.iter().copied().enumerate().collect();
+    sorted.sort_by_key(|(_, op)| op.call);
+    let at = sorted.iter().position(|(i, _)| *i == stuck).unwrap_or(0);
+    let window = &sorted[at.saturating_sub(20)..(at + 21).min(sorted.len())];
+    window
         .iter()
-        .map(|op| {
+        .map(|&(i, op)| (if i == stuck { "=>" } else { "  " }, op))
+        .map(|(mark, op)| {
             let ret = op.ret.map_or("∞".to_string(), |r| format!("{:.3}", r as f64 / 1e6));
             format!(
-                "  client {} [{:.3} ms, {ret} ms] {:?} -> {:?}",
+                "{mark} client {} [{:.3} ms, {ret} ms] {:?} -> {:?}",
                 op.client,
                 op.call as f64 / 1e6,
                 op.input,
@@ -125,8 +142,12 @@ struct Event {
     partner: usize,
 }
 
-/// The Wing–Gong/Lowe search over one key's operations. `None`: out of time.
-fn check_key(ops: &[&Operation], deadline: Instant) -> Option<bool> {
+/// The Wing–Gong/Lowe search over one key's operations. `None`: out of
+/// time; `Err(op)`: not linearizable, and `op` is the operation the deepest
+/// attempt could not place before its return.
+fn check_key(ops: &[&Operation], deadline: Instant) -> Option<Result<(), usize>> {
+    let (ops, after) = interchangeable(ops);
+    let ops: Vec<&Operation> = ops.iter().collect();
     // Events sorted by time; a call before a return at the same instant
     // (the more permissive order). Unknown returns come last.
     let mut times: Vec<(u64, bool, usize)> = Vec::with_capacity(2 * ops.len());
@@ -150,7 +171,7 @@ fn check_key(ops: &[&Operation], deadline: Instant) -> Option<bool> {
     // A doubly linked list over the events, with a head sentinel at n.
     const END: usize = usize::MAX;
     if n == 0 {
-        return Some(true);
+        return Some(Ok(()));
     }
     let mut next: Vec<usize> = (1..n).chain([END, 0]).collect();
     let mut prev: Vec<usize> = std::iter::once(n).chain(0..n - 1).chain([END]).collect();
@@ -163,6 +184,8 @@ fn check_key(ops: &[&Operation], deadline: Instant) -> Option<bool> {
     let mut state: Option<String> = None;
     let mut entry = head(&next);
     let mut steps = 0u64;
+    // (operations placed, the one whose return stopped it) at the deepest point.
+    let mut deepest = (0usize, 0usize);
     while head(&next) != END {
         steps += 1;
         if steps.is_multiple_of(4096) && Instant::now() > deadline {
@@ -171,6 +194,11 @@ fn check_key(ops: &[&Operation], deadline: Instant) -> Option<bool> {
         let e = events[entry];
         if e.is_call {
             let op = ops[e.op];
+            let in_turn = after[e.op].is_none_or(|before| linearized[before / 64] & (1 << (before % 64)) != 0);
+            if !in_turn {
+                entry = next[entry];
+                continue;
+            }
             if let Some(new_state) = step(&state, &op.input, &op.output) {
                 let mut with = linearized.clone();
                 with[e.op / 64] |= 1 << (e.op % 64);
@@ -194,7 +222,10 @@ fn check_key(ops: &[&Operation], deadline: Instant) -> Option<bool> {
         } else {
             // A return reached before its operation was placed: undo the
             // last placement and try the next candidate after it.
-            let Some((call, before)) = stack.pop() else { return Some(false) };
+            if stack.len() >= deepest.0 {
+                deepest = (stack.len(), e.op);
+            }
+            let Some((call, before)) = stack.pop() else { return Some(Err(deepest.1)) };
             let op = events[call].op;
             linearized[op / 64] &= !(1 << (op % 64));
             state = before;
@@ -209,5 +240,53 @@ fn check_key(ops: &[&Operation], deadline: Instant) -> Option<bool> {
             entry = next[call];
         }
     }
-    Some(true)
+    Some(Ok(()))
+}
+
+/// Rewrites unknown writes that no read can tell apart into their class's
+/// canonical form, and gives each the member of its class it must follow
+/// (the one called just before it), if any.
+fn interchangeable(ops: &[&Operation]) -> (Vec<Operation>, Vec<Option<usize>>) {
+    let mut read: HashSet<&str> = HashSet::new();
+    for op in ops {
+        if let Output::Value(Some(v)) = &op.output {
+            read.insert(v);
+        }
+        if let Input::Cas { expected: Some(v), .. } = &op.input {
+            read.insert(v);
+        }
+    }
+    let mut rewritten: Vec<Operation> = ops.iter().map(|op| (*op).clone()).collect();
+    let mut classes: BTreeMap<(u64, usize), Input> = BTreeMap::new();
+    for (i, op) in rewritten.iter_mut().enumerate() {
+        if op.output != Output::Unknown {
+            continue;
+        }
+        let class = match &mut op.input {
+            Input::Put { value } if !read.contains(value.as_str()) => {
+                *value = UNREAD.to_string();
+                op.input.clone()
+            }
+            Input::Cas { new, .. } if !read.contains(new.as_str()) => {
+                *new = UNREAD.to_string();
+                op.input.clone()
+            }
+            Input::Delete => Input::Delete,
+            _ => continue,
+        };
+        classes.insert((op.call, i), class);
+    }
+    // Walk each class in call order, chaining every member to the previous.
+    let mut after = vec![None; ops.len()];
+    let mut last_of: Vec<(Input, usize)> = Vec::new();
+    for ((_, i), class) in classes {
+        match last_of.iter_mut().find(|(c, _)| *c == class) {
+            Some((_, last)) => {
+                after[i] = Some(*last);
+                *last = i;
+            }
+            None => last_of.push((class, i)),
+        }
+    }
+    (rewritten, after)
 }

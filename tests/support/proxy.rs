@@ -134,9 +134,12 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, ctl: watch::Recei
     let mut write_ctl = ctl;
     let writer = async move {
         while let Some((at, bytes)) = rx.recv().await {
-            tokio::select! {
-                _ = tokio::time::sleep_until(at) => {}
-                _ = closed(&mut write_ctl, generation) => return,
+            // Timers tick in milliseconds: undelayed bytes skip them.
+            if at > Instant::now() {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = closed(&mut write_ctl, generation) => return,
+                }
             }
             if !may_move(&mut write_ctl, generation).await {
                 return;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::config::Settings;
 use super::forward::Forwarder;
@@ -52,8 +52,8 @@ impl Shared {
             .iter()
             .filter(|m| m.id != settings.member_id)
             .filter_map(|m| {
-                let endpoint = Endpoint::from_shared(m.peer_url.clone()).ok()?;
-                Some((m.id, endpoint.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true).connect_lazy()))
+                let endpoint = super::transport::peer_endpoint(&m.peer_url).ok()?;
+                Some((m.id, endpoint.connect_lazy()))
             })
             .collect();
         let peers = channels.iter().map(|(&id, ch)| (id, RaftPeerClient::new(ch.clone()))).collect();

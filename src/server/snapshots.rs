@@ -16,12 +16,11 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 use tonic::{Status, Streaming};
 
 use super::config::Member;
@@ -104,8 +103,8 @@ async fn transfer(peer: &Member, mut offer: SnapshotOffer, path: &Path) -> Resul
     let mut file = tokio::fs::File::open(path).await.map_err(|e| format!("{}: {e}", path.display()))?;
     let size = file.metadata().await.map_err(|e| format!("{}: {e}", path.display()))?.len();
     offer.size = size;
-    let endpoint = Endpoint::from_shared(peer.peer_url.clone()).map_err(|e| e.to_string())?;
-    let channel = endpoint.connect_timeout(Duration::from_secs(1)).connect().await.map_err(|e| e.to_string())?;
+    let endpoint = super::transport::peer_endpoint(&peer.peer_url).map_err(|e| e.to_string())?;
+    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
     let mut client = RaftPeerClient::new(channel).max_encoding_message_size(2 * CHUNK_BYTES);
     let (tx, rx) = mpsc::channel(4);
     let path = path.to_owned();

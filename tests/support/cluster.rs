@@ -132,7 +132,7 @@ impl Cluster {
             .args(["--initial-cluster", &self.initial_clusters[i], "--initial-cluster-token", "test"])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(&self.extra_args)
-            .env("RAFTKV_LOG", "info")
+            .env("RAFTKV_LOG", std::env::var("RAFTKV_TEST_SERVER_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

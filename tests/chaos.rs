@@ -454,6 +454,17 @@ async fn a_minority_serves_only_serializable_reads_and_says_so() {
         assert!(body.contains("serializable=true"), "{body}");
         let (status, consistency, body) = tokio::task::block_in_place(|| http_get(&format!("{url}?serializable=true")));
         assert_eq!((status, consistency.as_deref(), body.as_str()), (200, Some("serializable"), "1"));
+        // And so does the command line.
+        let cli = |extra: &[&str]| {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_raftkv"));
+            cmd.args(["get", "before", "--endpoints", &endpoints[m]]).args(extra).env("RAFTKV_LOG", "error");
+            tokio::task::block_in_place(|| cmd.output().unwrap())
+        };
+        let refused = cli(&[]);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success() && stderr.contains("raftkv get --serializable"), "{stderr}");
+        let local = cli(&["--serializable"]);
+        assert_eq!(String::from_utf8_lossy(&local.stdout), "before\n1\n");
     }
     // Nothing the minority was asked to write was written anywhere.
     assert_eq!(range(&endpoints[new_leader], "minority", false).await.unwrap(), None);

@@ -49,15 +49,18 @@ impl Raft {
         let Some(pr) = self.progress.get_mut(&from) else { return };
         pr.recent_active = true;
         match m.body {
-            Body::AppendResponse { reject: true, index, hint } => {
-                let hint = hint.unwrap_or(ConflictHint { term: 0, index });
+            Body::AppendResponse { reject: true, index, hint: reported } => {
+                let hint = reported.unwrap_or(ConflictHint { term: 0, index });
                 // A log that ends before what its owner acknowledged: the
                 // follower's disk lost synced writes (a torn or restored
                 // write-ahead log). Rejections at or below the match point
                 // would otherwise look stale forever and the follower would
                 // never catch up; replicating from where its log ends is safe.
-                if hint.term == 0 && hint.index <= pr.matched {
-                    let last = hint.index - 1;
+                if let Some(ConflictHint { term: 0, index: end }) = reported
+                    && end >= 1
+                    && end <= pr.matched
+                {
+                    let last = end - 1;
                     tracing::warn!(
                         id = self.id,
                         follower = from,

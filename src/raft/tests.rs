@@ -231,6 +231,10 @@ fn a_follower_that_lost_acknowledged_entries_is_replicated_again() {
     r.advance();
     r.step(msg(2, 1, term, Body::AppendResponse { reject: false, index: 5, hint: None }));
     assert_eq!(r.match_index(2), Some(5));
+    // A rejection that does not say where the follower's log ends is stale.
+    r.step(msg(2, 1, term, Body::AppendResponse { reject: true, index: 3, hint: None }));
+    r.step(msg(2, 1, term, Body::AppendResponse { reject: true, index: 0, hint: None }));
+    assert_eq!(r.match_index(2), Some(5));
     // Follower 2 restarts with a log ending at 2 and rejects an append after 5.
     let hint = Some(ConflictHint { term: 0, index: 3 });
     r.step(msg(2, 1, term, Body::AppendResponse { reject: true, index: 5, hint }));

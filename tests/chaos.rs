@@ -113,10 +113,19 @@ impl Run {
     }
 }
 
+/// One round per seed: a fresh cluster under load, `faults`, then healing
+/// and the end-of-run checks.
+async fn rounds(members: usize, proxied: bool, faults: impl AsyncFn(&mut Run)) {
+    for seed in seeds() {
+        let mut run = Run::start(seed, members, proxied, &[]).await;
+        faults(&mut run).await;
+        run.finish(&[]).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_the_leader_then_a_follower() {
-    for seed in seeds() {
-        let mut run = Run::start(seed, 3, false, &[]).await;
+    rounds(3, false, async |run| {
         for _ in 0..2 {
             run.sleep(500..1000).await;
             let leader = run.leader().await;
@@ -130,14 +139,13 @@ async fn kill_the_leader_then_a_follower() {
             run.sleep(500..1500).await;
             run.cluster.start_member(follower);
         }
-        run.finish(&[]).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_a_majority_then_everyone_of_five() {
-    for seed in seeds() {
-        let mut run = Run::start(seed, 5, false, &[]).await;
+    rounds(5, false, async |run| {
         run.sleep(500..1000).await;
         let majority = run.pick(3);
         for &m in &majority {
@@ -157,14 +165,13 @@ async fn kill_a_majority_then_everyone_of_five() {
             run.cluster.start_member(m);
         }
         run.sleep(1000..2000).await;
-        run.finish(&[]).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pause_the_leader_longer_than_the_election_timeout() {
-    for seed in seeds() {
-        let mut run = Run::start(seed, 3, false, &[]).await;
+    rounds(3, false, async |run| {
         for _ in 0..2 {
             run.sleep(500..1000).await;
             let leader = run.leader().await;
@@ -175,14 +182,13 @@ async fn pause_the_leader_longer_than_the_election_timeout() {
             run.cluster.resume(leader);
         }
         run.sleep(1000..1500).await;
-        run.finish(&[]).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn isolate_the_leader() {
-    for seed in seeds() {
-        let mut run = Run::start(seed, 3, true, &[]).await;
+    rounds(3, true, async |run| {
         for _ in 0..2 {
             run.sleep(500..1000).await;
             let leader = run.leader().await;
@@ -193,14 +199,13 @@ async fn isolate_the_leader() {
             run.sleep(1000..2000).await;
             run.net().heal();
         }
-        run.finish(&[]).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn split_five_into_majority_and_minority() {
-    for seed in seeds() {
-        let mut run = Run::start(seed, 5, true, &[]).await;
+    rounds(5, true, async |run| {
         for _ in 0..2 {
             run.sleep(500..1000).await;
             let order = run.pick(5);
@@ -209,14 +214,13 @@ async fn split_five_into_majority_and_minority() {
             run.sleep(1000..2000).await;
             run.net().heal();
         }
-        run.finish(&[]).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bridge_member_sees_both_sides() {
-    for seed in seeds() {
-        let mut run = Run::start(seed, 5, true, &[]).await;
+    rounds(5, true, async |run| {
         run.sleep(500..1000).await;
         // Two pairs that cannot see each other, and one member that sees all:
         // each side plus the bridge is a majority.
@@ -224,14 +228,13 @@ async fn a_bridge_member_sees_both_sides() {
         run.net().partition(&[&order[..2], &order[3..]]);
         run.sleep(3000..4000).await;
         run.net().heal();
-        run.finish(&[]).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn flapping_links_with_delays_and_resets() {
-    for seed in seeds() {
-        let mut run = Run::start(seed, 3, true, &[]).await;
+    rounds(3, true, async |run| {
         for _ in 0..25 {
             match run.rng.random_range(0..6) {
                 0 => {
@@ -252,8 +255,8 @@ async fn flapping_links_with_delays_and_resets() {
             }
             run.sleep(100..500).await;
         }
-        run.finish(&[]).await;
-    }
+    })
+    .await;
 }
 
 /// The newest RocksDB write-ahead log of a member.

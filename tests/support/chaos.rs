@@ -128,11 +128,17 @@ impl Workload {
         for (m, _) in self.endpoints.iter().enumerate().filter(|(m, _)| cluster.is_running(*m)) {
             for k in 0..KEYS {
                 let key = format!("k{k}");
-                assert!(
-                    reader.get(m, &key).await,
-                    "the final read of {key} through member {m} failed\n{}",
-                    cluster.logs()
-                );
+                // A member still catching up may take a few tries (a failed
+                // read is not recorded); five in a row is a failure.
+                let mut done = false;
+                for _ in 0..5 {
+                    done = reader.get(m, &key).await;
+                    if done {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                assert!(done, "the final read of {key} through member {m} failed\n{}", cluster.logs());
             }
         }
         self.history

@@ -116,10 +116,14 @@ struct Conn {
 /// A linearizable read refused for want of a leader: say what still works.
 fn with_read_hint(e: ClientError, serializable: bool) -> anyhow::Error {
     match &e {
-        ClientError::Server(s) if s.code() == tonic::Code::Unavailable && !serializable => anyhow::anyhow!(
-            "{e}\n  hint: the member cannot reach a majority of the cluster; `raftkv get --serializable` \
-             reads its own, possibly stale, copy"
-        ),
+        ClientError::Server(s)
+            if s.code() == tonic::Code::Unavailable && server::http::is_no_quorum(s.message()) && !serializable =>
+        {
+            anyhow::anyhow!(
+                "{e}\n  hint: the member may be cut off from a majority of the cluster; \
+                 `raftkv get --serializable` reads its own, possibly stale, copy"
+            )
+        }
         _ => e.into(),
     }
 }

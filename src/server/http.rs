@@ -44,14 +44,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
 struct HttpError(StatusCode, String);
 
 /// What a member without a leader can still do, for whoever reads the error.
-const NO_QUORUM_HINT: &str = "this member cannot reach a majority of the cluster: it serves only \
+const NO_QUORUM_HINT: &str = "this member may be cut off from a majority of the cluster: it still serves \
      serializable reads (GET /v1/kv/{key}?serializable=true), from its own possibly stale copy";
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let unavailable = self.0 == StatusCode::SERVICE_UNAVAILABLE;
+        let no_quorum = self.0 == StatusCode::SERVICE_UNAVAILABLE && is_no_quorum(&self.1);
         let body =
-            if unavailable { json!({ "error": self.1, "hint": NO_QUORUM_HINT }) } else { json!({ "error": self.1 }) };
+            if no_quorum { json!({ "error": self.1, "hint": NO_QUORUM_HINT }) } else { json!({ "error": self.1 }) };
         (self.0, Json(body)).into_response()
     }
 }
@@ -65,6 +65,11 @@ impl From<tonic::Status> for HttpError {
         };
         HttpError(code, s.message().to_string())
     }
+}
+
+/// The errors a member gives when no leader answers it.
+pub fn is_no_quorum(message: &str) -> bool {
+    message.contains("no leader") || message.contains("request timed out")
 }
 
 fn text(b: &[u8]) -> String {

@@ -2,7 +2,8 @@
 //! way Jepsen and etcd's robustness tests do it: process faults (SIGKILL of
 //! the leader, a follower, a majority, everyone; SIGSTOP of the leader),
 //! network faults through per-direction TCP proxies (isolated leader,
-//! majority/minority split, bridge, flapping links with delays and resets)
+//! majority/minority split, bridge, flapping links with delays and resets,
+//! connections that silently stop delivering)
 //! and disk faults (a flipped byte in a snapshot and in a log entry, a torn
 //! WAL tail). Each run ends with the faults healed, every member converged
 //! to one applied index and state hash, and the whole history checked for
@@ -254,6 +255,22 @@ async fn flapping_links_with_delays_and_resets() {
                 _ => run.net().heal(),
             }
             run.sleep(100..500).await;
+        }
+    })
+    .await;
+}
+
+/// Every open peer connection stops delivering and is never closed (a NAT
+/// that forgot it, a peer host gone without a reset); new connections work.
+/// Only the members' keepalive pings can notice: they must replace the links
+/// and serve writes again (the end-of-run check waits at most 10 s).
+#[tokio::test(flavor = "multi_thread")]
+async fn links_that_silently_stop_delivering_are_replaced() {
+    rounds(3, true, async |run| {
+        for _ in 0..2 {
+            run.sleep(500..1000).await;
+            run.net().stall_open_connections();
+            run.sleep(2000..3000).await;
         }
     })
     .await;

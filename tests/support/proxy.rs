@@ -12,6 +12,10 @@
 //! - `Delay(d)`: every chunk is delivered `d` after it was read, in order.
 //! - `drop_connections`: closes every open connection, as a middlebox reset
 //!   would; new connections work.
+//! - `stall_open_connections`: open connections stop moving bytes for good
+//!   and are never closed, as when a NAT forgets them or a peer host dies
+//!   without a reset; new connections work. Only the endpoints themselves
+//!   (keepalive) can notice.
 //!
 //! Proxies run on the test's tokio runtime and stop when dropped.
 
@@ -35,8 +39,22 @@ pub enum Mode {
 #[derive(Clone, Copy, Debug)]
 struct Control {
     mode: Mode,
-    /// Connections born under an older generation close.
+    /// Each connection is born in the current generation.
     generation: u64,
+    /// Connections born before this generation close.
+    closed_before: u64,
+    /// Connections born before this generation stall for good.
+    stalled_before: u64,
+}
+
+impl Control {
+    fn closes(&self, born: u64) -> bool {
+        born < self.closed_before
+    }
+
+    fn holds(&self, born: u64) -> bool {
+        self.mode == Mode::Blackhole || born < self.stalled_before
+    }
 }
 
 /// One direction's proxy: from a member to the peer address of another.
@@ -50,7 +68,8 @@ impl Proxy {
     pub async fn start(target: SocketAddr) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a proxy port");
         let addr = listener.local_addr().unwrap();
-        let (control, _) = watch::channel(Control { mode: Mode::Pass, generation: 0 });
+        let (control, _) =
+            watch::channel(Control { mode: Mode::Pass, generation: 0, closed_before: 0, stalled_before: 0 });
         let spawner = control.clone();
         let listener = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
@@ -77,15 +96,24 @@ impl Proxy {
     }
 
     pub fn drop_connections(&self) {
-        self.control.send_modify(|c| c.generation += 1);
+        self.control.send_modify(|c| {
+            c.generation += 1;
+            c.closed_before = c.generation;
+        });
+    }
+
+    pub fn stall_open_connections(&self) {
+        self.control.send_modify(|c| {
+            c.generation += 1;
+            c.stalled_before = c.generation;
+        });
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.listener.abort();
-        // Open connections belong to the old generation: they close.
-        self.control.send_modify(|c| c.generation += 1);
+        self.drop_connections();
     }
 }
 
@@ -93,10 +121,10 @@ impl Drop for Proxy {
 async fn may_move(ctl: &mut watch::Receiver<Control>, generation: u64) -> bool {
     loop {
         let c = *ctl.borrow_and_update();
-        if c.generation != generation {
+        if c.closes(generation) {
             return false;
         }
-        if c.mode != Mode::Blackhole {
+        if !c.holds(generation) {
             return true;
         }
         if ctl.changed().await.is_err() {
@@ -163,10 +191,10 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, ctl: watch::Recei
     }
 }
 
-/// Resolves when the connection's generation has passed.
+/// Resolves when the connection must close.
 async fn closed(ctl: &mut watch::Receiver<Control>, generation: u64) {
     loop {
-        if ctl.borrow_and_update().generation != generation {
+        if ctl.borrow_and_update().closes(generation) {
             return;
         }
         if ctl.changed().await.is_err() {
@@ -237,6 +265,12 @@ impl Network {
     pub fn drop_connections(&self) {
         for p in self.proxies.values() {
             p.drop_connections();
+        }
+    }
+
+    pub fn stall_open_connections(&self) {
+        for p in self.proxies.values() {
+            p.stall_open_connections();
         }
     }
 }

@@ -474,6 +474,10 @@ async fn a_minority_serves_only_serializable_reads_and_says_so() {
         assert!(body.contains("serializable=true"), "{body}");
         let (status, consistency, body) = tokio::task::block_in_place(|| http_get(&format!("{url}?serializable=true")));
         assert_eq!((status, consistency.as_deref(), body.as_str()), (200, Some("serializable"), "1"));
+        let list = format!("{}/v1/kv?prefix=bef&serializable=true", endpoints[m]);
+        let (status, consistency, body) = tokio::task::block_in_place(|| http_get(&list));
+        assert_eq!((status, consistency.as_deref()), (200, Some("serializable")), "{body}");
+        assert!(body.contains("\"count\":1"), "{body}");
         // And so does the command line.
         let cli = |extra: &[&str]| {
             let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_raftkv"));

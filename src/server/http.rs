@@ -4,7 +4,8 @@
 //!   reads this member's state without a ReadIndex round, and says so in
 //!   the `x-raftkv-consistency` header;
 //! - `PUT /v1/kv/{key}` with the raw value as body; `DELETE /v1/kv/{key}`;
-//! - `GET /v1/kv?prefix=p`: every key with that prefix, as JSON;
+//! - `GET /v1/kv?prefix=p`: every key with that prefix, as JSON (also
+//!   `&serializable=true`);
 //! - `GET /v1/status`: this member's Raft and store status, as JSON;
 //! - `GET /healthz`: 200 when this member knows a leader, else 503.
 //!
@@ -117,13 +118,15 @@ async fn list(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, HttpError> {
     let prefix = q.get("prefix").cloned().unwrap_or_default();
+    let serializable = q.get("serializable").is_some_and(|v| v == "true");
     let (key, range_end) = if prefix.is_empty() {
         (vec![0u8], vec![0u8])
     } else {
         (prefix.clone().into_bytes(), kv::prefix_end(prefix.as_bytes()))
     };
-    let req = RangeRequest { key: key.into(), range_end: range_end.into(), ..Default::default() };
+    let req = RangeRequest { key: key.into(), range_end: range_end.into(), serializable, ..Default::default() };
     let (resp, revision) = shared.range(req).await?;
+    let consistency = if serializable { "serializable" } else { "linearizable" };
     let kvs: Vec<_> = resp
         .kvs
         .iter()
@@ -134,7 +137,11 @@ async fn list(
             })
         })
         .collect();
-    Ok(Json(json!({ "revision": revision, "count": resp.count, "kvs": kvs })).into_response())
+    Ok((
+        [("x-raftkv-consistency", consistency)],
+        Json(json!({ "revision": revision, "count": resp.count, "kvs": kvs })),
+    )
+        .into_response())
 }
 
 async fn status(State(shared): State<Arc<Shared>>) -> Response {

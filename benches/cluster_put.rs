@@ -53,6 +53,8 @@ fn cluster_put(c: &mut Criterion) {
                     val_size: 256,
                     key_space_size: 100_000,
                     sequential_keys: false,
+                    // One client talks to the leader, as in scripts/bench-vs-etcd.
+                    target_leader: clients == 1,
                     quiet: true,
                 };
                 let report = runtime.block_on(raftkv::bench::run(&args, Workload::Put)).expect("cluster reachable");

@@ -2,8 +2,9 @@
 //!
 //! It speaks only the etcd v3 API, so the same command measures raftkv and
 //! etcd side by side. `clients` tasks share `conns` gRPC connections (spread
-//! over the endpoints) and issue `total` requests between them, one at a time
-//! each; every latency is recorded in an HDR histogram.
+//! over the endpoints, or all to the leader with `--target-leader`, as etcd's
+//! tool does) and issue `total` requests between them, one at a time each;
+//! every latency is recorded in an HDR histogram.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +47,13 @@ pub struct BenchArgs {
     /// of random ones, e.g. to load exactly N distinct keys.
     #[arg(long)]
     pub sequential_keys: bool,
+    /// Send every request to the leader (found through the Status and MemberList
+    /// calls of the first reachable endpoint) instead of spreading the connections
+    /// over the endpoints. Like etcd's `benchmark --target-leader`: a write sent to
+    /// a follower costs one more hop, so without it the figure for one connection
+    /// depends on which member happens to lead.
+    #[arg(long)]
+    pub target_leader: bool,
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -61,6 +69,8 @@ pub enum Workload {
 }
 
 pub struct Report {
+    /// The endpoints the connections went to.
+    pub endpoints: Vec<String>,
     pub requests: u64,
     pub errors: u64,
     pub elapsed: Duration,
@@ -80,6 +90,7 @@ impl Report {
 
     pub fn print(&self) {
         println!("\nSummary:");
+        println!("  Endpoints:    {}", self.endpoints.join(","));
         println!("  Total:        {:.4} secs.", self.elapsed.as_secs_f64());
         println!("  Requests:     {}", self.requests);
         println!("  Errors:       {}", self.errors);
@@ -106,13 +117,28 @@ fn key(i: u64, size: usize) -> Bytes {
     Bytes::copy_from_slice(&digits[digits.len().saturating_sub(size)..])
 }
 
-async fn connect(args: &BenchArgs) -> Result<Vec<Channel>, ClientError> {
+/// Connections to the endpoints under test, and those endpoints.
+async fn connect(args: &BenchArgs) -> Result<(Vec<Channel>, Vec<String>), ClientError> {
     if args.endpoints.is_empty() || args.conns == 0 || args.clients == 0 {
         return Err(ClientError::BadEndpoint("need at least one endpoint, connection and client".into()));
     }
+    let endpoints = if args.target_leader {
+        let mut client = crate::client::Client::connect(&args.endpoints).await?;
+        match client.leader_endpoint().await {
+            Some(url) => vec![url],
+            None => {
+                return Err(ClientError::Unreachable {
+                    endpoints: args.endpoints.join(","),
+                    last: "--target-leader: no member names a leader".into(),
+                });
+            }
+        }
+    } else {
+        args.endpoints.clone()
+    };
     let mut channels = Vec::new();
     for i in 0..args.conns {
-        let url = &args.endpoints[i % args.endpoints.len()];
+        let url = &endpoints[i % endpoints.len()];
         let endpoint = Endpoint::from_shared(url.clone()).map_err(|_| ClientError::BadEndpoint(url.clone()))?;
         let channel = endpoint
             .tcp_nodelay(true)
@@ -121,12 +147,13 @@ async fn connect(args: &BenchArgs) -> Result<Vec<Channel>, ClientError> {
             .map_err(|e| ClientError::Unreachable { endpoints: url.clone(), last: e.to_string() })?;
         channels.push(channel);
     }
-    Ok(channels)
+    let used = endpoints.into_iter().take(args.conns).collect();
+    Ok((channels, used))
 }
 
 /// Runs the workload and reports on it.
 pub async fn run(args: &BenchArgs, workload: Workload) -> Result<Report, ClientError> {
-    let channels = connect(args).await?;
+    let (channels, endpoints) = connect(args).await?;
     let key_space = args.key_space_size.max(1);
     if let Workload::Get { .. } = workload {
         // The keys a get benchmark reads exist, with values of --val-size.
@@ -180,8 +207,14 @@ pub async fn run(args: &BenchArgs, workload: Workload) -> Result<Report, ClientE
             (latency, errors, first_error)
         }));
     }
-    let mut report =
-        Report { requests: 0, errors: 0, elapsed: Duration::ZERO, latency: new_histogram(), first_error: None };
+    let mut report = Report {
+        endpoints,
+        requests: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latency: new_histogram(),
+        first_error: None,
+    };
     for task in tasks {
         let (latency, errors, first_error) = task.await.expect("benchmark client panicked");
         report.latency.add(&latency).expect("histograms of one shape");

@@ -127,6 +127,34 @@ async fn cli_put_get_del_status_and_bad_keys() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn bench_puts_through_any_member_or_only_the_leader() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+    let endpoints = cluster.endpoints();
+    let all = endpoints.join(",");
+    let out = tokio::task::spawn_blocking(move || {
+        let bench = |extra: &[&str]| {
+            let mut args = vec!["bench", "put", "--endpoints", all.as_str(), "--clients", "4", "--conns", "3"];
+            args.extend_from_slice(&["--total", "60", "--key-space-size", "10", "--quiet"]);
+            args.extend_from_slice(extra);
+            raftkv(&args)
+        };
+        [bench(&[]), bench(&["--target-leader"])]
+    })
+    .await
+    .unwrap();
+    for o in &out {
+        assert!(o.status.success(), "{}", stderr(o));
+        let text = stdout(o);
+        assert!(text.contains("Requests:     60\n") && text.contains("Errors:       0\n"), "{text}");
+        assert!(text.contains("Requests/sec:") && text.contains("p99.9"), "{text}");
+    }
+    assert!(stdout(&out[0]).contains(&format!("Endpoints:    {}\n", endpoints.join(","))), "{}", stdout(&out[0]));
+    let to_leader = format!("Endpoints:    {}\n", endpoints[leader]);
+    assert!(stdout(&out[1]).contains(&to_leader), "not sent to the leader {}:\n{}", endpoints[leader], stdout(&out[1]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn http_api_and_request_limits() {
     let cluster = Cluster::start(1);
     cluster.wait_leader(Duration::from_secs(15)).await;

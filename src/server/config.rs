@@ -50,7 +50,9 @@ pub struct ServerArgs {
     #[arg(long, env = "RAFTKV_MAX_REQUEST_BYTES")]
     pub max_request_bytes: Option<usize>,
     /// Take a snapshot of the key-value map every this many applied entries
-    /// (default 10000), then compact the log behind it.
+    /// (default 10000), then compact the log behind it. A map of more than 4×
+    /// this many keys waits for a quarter as many entries as it has keys, so
+    /// snapshots write at most 4 keys per applied entry.
     #[arg(long, env = "RAFTKV_SNAPSHOT_ENTRIES")]
     pub snapshot_entries: Option<u64>,
     /// Entries kept in the log behind the newest snapshot (default 5000), so

@@ -324,7 +324,7 @@ impl Node {
     /// Starts a snapshot if enough was applied since the last one.
     fn maybe_snapshot(&mut self) {
         let applied = self.raft.applied_index();
-        if !self.snapshotter.due(applied) {
+        if !self.snapshotter.due(applied, self.kv.len()) {
             return;
         }
         let Some(term) = self.raft.log_term(applied) else { return };

@@ -5,7 +5,8 @@
 //! - [`file`]: the format (header, checked chunks of records, footer), read
 //!   only if every checksum agrees.
 //! - [`dir`]: where snapshot files live; written aside, fsynced, renamed.
-//! - [`snapshotter`]: when to take one (every `--snapshot-entries` applied),
+//! - [`snapshotter`]: when to take one (every `--snapshot-entries` applied,
+//!   and at least one entry per 4 keys of the map),
 //!   writing it on a background thread from an O(1) copy of the map, how far
 //!   the log may then be compacted, and which snapshot a restart starts from.
 //!

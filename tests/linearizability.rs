@@ -6,13 +6,13 @@
 
 mod support;
 
-use std::time::Duration;
-
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use support::linearizability::{Input, Operation, Output, Verdict, check};
 
-const LIMIT: Duration = Duration::from_secs(10);
+/// Search steps any of these histories may take: far more than a correct
+/// checker needs, far fewer than a naive one.
+const STEPS: u64 = 1_000_000_000;
 
 fn op(client: usize, call: u64, ret: Option<u64>, input: Input, output: Output) -> Operation {
     Operation { client, key: "k".into(), input, output, call, ret }
@@ -35,10 +35,10 @@ fn delete(client: usize, call: u64, ret: u64) -> Operation {
 }
 
 fn linearizable(history: &[Operation]) -> bool {
-    match check(history, LIMIT) {
+    match check(history, STEPS) {
         Verdict::Linearizable => true,
         Verdict::Violation { .. } => false,
-        Verdict::TimedOut { key } => panic!("the check of {key} ran out of time"),
+        Verdict::OutOfSteps { key } => panic!("the check of {key} ran out of steps"),
     }
 }
 
@@ -70,7 +70,7 @@ fn sequential_and_overlapping_histories_that_are_linearizable() {
 #[test]
 fn a_stale_read_is_caught() {
     let history = [put(0, 0, 1, "a"), put(0, 2, 3, "b"), get(1, 4, 5, Some("a"))];
-    let Verdict::Violation { key, history } = check(&history, LIMIT) else { panic!("stale read passed") };
+    let Verdict::Violation { key, history } = check(&history, STEPS) else { panic!("stale read passed") };
     assert_eq!(key, "k");
     assert!(history.contains("Get"), "the violation shows the key's history: {history}");
 }
@@ -115,7 +115,7 @@ fn an_ambiguous_write_may_land_late_or_never_but_not_before_it_was_sent() {
 }
 
 #[test]
-fn many_unknown_writes_nobody_read_are_checked_quickly() {
+fn many_unknown_writes_nobody_read_are_checked_in_few_steps() {
     // 60 clients each lose the answer to a put and a delete while others
     // write and read: 2^180 subsets for a naive search.
     let mut history = Vec::new();
@@ -128,12 +128,11 @@ fn many_unknown_writes_nobody_read_are_checked_quickly() {
         history.push(put(200, t, t + 2, &format!("seen-{i}")));
         history.push(get(201, t + 3, t + 5, Some(&format!("seen-{i}"))));
     }
-    let started = std::time::Instant::now();
-    assert!(linearizable(&history));
+    // 2^180 subsets would never finish: the budget bounds the work by count.
+    assert!(matches!(check(&history, 1_000_000), Verdict::Linearizable));
     // And a stale read among them is still caught.
     history.push(get(202, 2_000, 2_001, Some("seen-3")));
     assert!(!linearizable(&history));
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
 }
 
 #[test]
@@ -143,7 +142,7 @@ fn keys_are_checked_independently() {
     let mut stale = get(1, 4, 5, Some("a"));
     stale.key = "other".into();
     // "other" never held "a".
-    let Verdict::Violation { key, .. } = check(&[put(0, 0, 1, "a"), other, stale], LIMIT) else { panic!() };
+    let Verdict::Violation { key, .. } = check(&[put(0, 0, 1, "a"), other, stale], STEPS) else { panic!() };
     assert_eq!(key, "other");
 }
 
@@ -215,7 +214,7 @@ fn random_histories_of_an_atomic_register_pass_and_fail_with_one_answer_changed(
 }
 
 #[test]
-fn running_out_of_time_is_a_failure_not_a_pass() {
+fn running_out_of_steps_is_a_failure_not_a_pass() {
     let history = random_history(7, 4, 3000);
-    assert!(matches!(check(&history, Duration::ZERO), Verdict::TimedOut { .. }));
+    assert!(matches!(check(&history, 10), Verdict::OutOfSteps { .. }));
 }

@@ -6,8 +6,9 @@
 //! An operation is (client, call time, return time, input, output). A write
 //! whose outcome is unknown (it failed or timed out) has no return time: it
 //! may take effect at any moment after its call, or never. A failed read
-//! says nothing and is left out by the recorder. A search that runs out of
-//! time is a failure, never a pass.
+//! says nothing and is left out by the recorder. A search that uses up its
+//! budget of steps (counted in steps, not seconds, so a loaded machine gets
+//! the same verdict as an idle one) is a failure, never a pass.
 //!
 //! Unknown writes are what makes the search explode: k of them pending give
 //! 2^k subsets to try. Most of them are interchangeable: a put whose unique
@@ -19,7 +20,6 @@
 //! k pending members cost k + 1 subsets instead of 2^k.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Input {
@@ -67,8 +67,8 @@ pub enum Verdict {
         key: String,
         history: String,
     },
-    /// The search ran out of time (a failure, never a pass).
-    TimedOut {
+    /// The search used up its step budget (a failure, never a pass).
+    OutOfSteps {
         key: String,
     },
 }
@@ -92,18 +92,18 @@ fn step(state: &Option<String>, input: &Input, output: &Output) -> Option<Option
     }
 }
 
-/// Checks a whole history, key by key, within `limit` in total.
-pub fn check(history: &[Operation], limit: Duration) -> Verdict {
-    let deadline = Instant::now() + limit;
+/// Checks a whole history, key by key, within `budget` search steps in all.
+pub fn check(history: &[Operation], budget: u64) -> Verdict {
+    let mut remaining = budget;
     let mut by_key: BTreeMap<&str, Vec<&Operation>> = BTreeMap::new();
     for op in history {
         by_key.entry(&op.key).or_default().push(op);
     }
     for (key, ops) in by_key {
-        match check_key(&ops, deadline) {
+        match check_key(&ops, &mut remaining) {
             Some(Ok(())) => {}
             Some(Err(stuck)) => return Verdict::Violation { key: key.to_string(), history: describe(&ops, stuck) },
-            None => return Verdict::TimedOut { key: key.to_string() },
+            None => return Verdict::OutOfSteps { key: key.to_string() },
         }
     }
     Verdict::Linearizable
@@ -142,10 +142,10 @@ struct Event {
     partner: usize,
 }
 
-/// The Wing–Gong/Lowe search over one key's operations. `None`: out of
-/// time; `Err(op)`: not linearizable, and `op` is the operation the deepest
+/// The Wing–Gong/Lowe search over one key's operations, each step taken
+/// from `remaining`. `None`: out of steps; `Err(op)`: not linearizable, and `op` is the operation the deepest
 /// attempt could not place before its return.
-fn check_key(ops: &[&Operation], deadline: Instant) -> Option<Result<(), usize>> {
+fn check_key(ops: &[&Operation], remaining: &mut u64) -> Option<Result<(), usize>> {
     let (ops, after) = interchangeable(ops);
     let ops: Vec<&Operation> = ops.iter().collect();
     // Events sorted by time; a call before a return at the same instant
@@ -183,14 +183,10 @@ fn check_key(ops: &[&Operation], deadline: Instant) -> Option<Result<(), usize>>
     let mut stack: Vec<(usize, Option<String>)> = Vec::new();
     let mut state: Option<String> = None;
     let mut entry = head(&next);
-    let mut steps = 0u64;
     // (operations placed, the one whose return stopped it) at the deepest point.
     let mut deepest = (0usize, 0usize);
     while head(&next) != END {
-        steps += 1;
-        if steps.is_multiple_of(4096) && Instant::now() > deadline {
-            return None;
-        }
+        *remaining = remaining.checked_sub(1)?;
         let e = events[entry];
         if e.is_call {
             let op = ops[e.op];

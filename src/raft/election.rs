@@ -27,6 +27,14 @@ impl Raft {
         }
     }
 
+    /// Starts an election now, as etcd's `Campaign` (MsgHup) does: with a
+    /// pre-vote first when configured. Leaders and learners do nothing.
+    pub fn campaign_now(&mut self) {
+        if self.role != Role::Leader && self.is_voter(self.id) {
+            self.campaign(if self.cfg.pre_vote { Campaign::PreVote } else { Campaign::Election });
+        }
+    }
+
     pub(super) fn campaign(&mut self, kind: Campaign) {
         let term = match kind {
             Campaign::PreVote => {

@@ -1,10 +1,12 @@
 //! What every request handler shares: the node's request queue and status,
 //! the settings, and the peers (clients, and forwarders of writes to the leader).
 //!
-//! Retries: a write is retried only when it is known not to have been
-//! appended to the log (no leader yet, this member is not the leader, or the
-//! entry at its index was replaced by another leader's): never twice applied.
-//! A write that timed out after it was appended is reported as such.
+//! Retries: a write is retried only when it certainly did not take effect:
+//! it was never appended (no leader yet, this member is not the leader), or
+//! an entry of another term was applied at its index. A write whose outcome
+//! is unknown (timed out after it was appended, its answer lost with the
+//! connection to the leader, its index overtaken by a snapshot) is never
+//! retried, and is answered with etcd's "request timed out" family.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -145,7 +147,12 @@ impl Shared {
                 tokio::time::timeout_at(deadline, self.ask(|reply| Request::Range { req, linearizable, reply })).await;
             match attempt.map_err(|_| timed_out())? {
                 Ok(Ok(answer)) => return Ok(answer),
-                Ok(Err(NodeError::NoLeader | NodeError::LeaderChanged | NodeError::NotLeader { .. })) => {}
+                Ok(Err(
+                    NodeError::NoLeader
+                    | NodeError::LeaderChanged
+                    | NodeError::NotLeader { .. }
+                    | NodeError::ReadIndexLost,
+                )) => {}
                 Ok(Err(e)) | Err(e) => return Err(node_status(e)),
             }
             if tokio::time::Instant::now() + Duration::from_millis(50) >= deadline {

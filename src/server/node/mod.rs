@@ -9,8 +9,11 @@
 //! promise durability follow, committed entries are applied and their waiting
 //! clients answered, and linearizable reads whose index is applied are served.
 //!
-//! Linearizable reads are batched: all reads that arrive while a ReadIndex
-//! round is being set up share one round.
+//! The loop runs on a thread of its own (see [`super::serve`]), so its
+//! synced writes block nothing else, and nothing else (a large response being
+//! encoded, a burst of connections) delays its ticks. Work that grows with
+//! the map (ranges, hashing) is served from an O(1) clone on blocking threads
+//! ([`reads`]); waiting writes are answered by the rules in [`proposals`].
 //!
 //! Snapshots: once enough entries were applied, an O(1) copy of the map goes
 //! to the [`Snapshotter`]'s thread; when the file is durable the core learns
@@ -18,15 +21,20 @@
 //! from the leader (already verified and durable) is installed in the same
 //! write that resets the log, so a crash leaves the old state or the new one.
 
-use std::collections::HashMap;
+mod proposals;
+mod reads;
+#[cfg(test)]
+mod tests;
+
 use std::time::Duration;
 
-use bytes::Bytes;
 use prost::Message as _;
+use rand::Rng as _;
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::ServerError;
-use super::transport::Transport;
+use super::transport::Outbox;
 use crate::kv::{KvError, KvStore};
 use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseOp};
 use crate::proto::raftkvpb::Command;
@@ -35,6 +43,8 @@ use crate::raft::{Body, Message, NodeId, Raft, RaftError, ReadState, Ready};
 use crate::snapshot::snapshotter::Taken;
 use crate::snapshot::{SnapshotError, Snapshotter};
 use crate::storage::{LogStore, LogWrite, RocksStore};
+use proposals::Proposals;
+use reads::{PendingRead, Reads};
 
 /// Most requests taken in one turn of the loop.
 const MAX_BATCH: usize = 4096;
@@ -45,12 +55,18 @@ pub enum NodeError {
     NotLeader { leader: Option<NodeId> },
     #[error("etcdserver: no leader")]
     NoLeader,
+    /// Certain: the write was not appended, or another term's entry was
+    /// applied at its index; a read's round ended with the leadership.
     #[error("etcdserver: leader changed")]
     LeaderChanged,
+    /// A read's ReadIndex round got no answer in time (a message was lost):
+    /// nothing happened, and the read can be asked again.
+    #[error("etcdserver: request timed out, the leader did not confirm the read")]
+    ReadIndexLost,
     #[error("etcdserver: server stopped")]
     Stopped,
     /// The write may or may not have been applied: its entry was overtaken
-    /// by a snapshot from a new leader.
+    /// by a snapshot from a new leader. etcd's text for the same case.
     #[error("etcdserver: request timed out, possibly due to previous leader failure")]
     OutcomeUnknown,
     #[error(transparent)]
@@ -105,25 +121,15 @@ pub struct NodeStatus {
     pub is_learner: bool,
 }
 
-struct PendingRead {
-    req: RangeRequest,
-    reply: oneshot::Sender<Result<(RangeResponse, i64), NodeError>>,
-}
-
 pub struct Node {
     raft: Raft,
     store: RocksStore,
     kv: KvStore,
-    transport: Transport,
-    /// Proposals by log index, with the term they were proposed in.
-    proposals: HashMap<u64, (u64, oneshot::Sender<Result<Applied, NodeError>>)>,
-    /// Reads waiting for the next ReadIndex round.
-    reads_unsent: Vec<PendingRead>,
-    /// Reads in a ReadIndex round, by its ctx.
-    reads_in_round: HashMap<u64, Vec<PendingRead>>,
-    /// Reads whose round returned, waiting for their index to be applied.
-    reads_ready: Vec<(u64, PendingRead)>,
-    next_read_ctx: u64,
+    outbox: Box<dyn Outbox>,
+    proposals: Proposals,
+    reads: Reads,
+    /// Ticks since start: the clock of read rounds' deadlines.
+    ticks: u64,
     snapshotter: Snapshotter,
     /// Snapshots received this turn, waiting for the core to install one
     /// (several may arrive in one batch of requests).
@@ -139,25 +145,32 @@ pub struct NodeParts {
     pub store: RocksStore,
     /// The key-value map at the core's applied index.
     pub kv: KvStore,
-    pub transport: Transport,
+    pub outbox: Box<dyn Outbox>,
     pub snapshotter: Snapshotter,
     pub requests: mpsc::WeakSender<Request>,
     pub status: watch::Sender<NodeStatus>,
+    /// The server's runtime, whose blocking threads serve large reads.
+    pub runtime: Handle,
+    /// Ticks a ReadIndex round may take before its reads are retried.
+    pub read_round_ticks: u64,
 }
 
 impl Node {
     pub fn new(parts: NodeParts) -> Node {
-        let NodeParts { raft, store, kv, transport, snapshotter, requests, status } = parts;
+        let NodeParts { raft, store, kv, outbox, snapshotter, requests, status, runtime, read_round_ticks } = parts;
+        // Unique per process, so no answer to an earlier process's read round
+        // can match one of ours (etcd's request ids mix in the start time too).
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let seed = now ^ (u64::from(std::process::id()) << 32) ^ raft.id();
+        let nonce = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(seed).random::<u64>();
         Node {
             raft,
             store,
             kv,
-            transport,
-            proposals: HashMap::new(),
-            reads_unsent: Vec::new(),
-            reads_in_round: HashMap::new(),
-            reads_ready: Vec::new(),
-            next_read_ctx: 0,
+            outbox,
+            proposals: Proposals::default(),
+            reads: Reads::new(nonce, read_round_ticks, runtime),
+            ticks: 0,
             snapshotter,
             incoming_snapshots: Vec::new(),
             requests,
@@ -189,7 +202,7 @@ impl Node {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = ticker.tick() => self.raft.tick(),
+                _ = ticker.tick() => self.tick(),
                 request = requests.recv() => {
                     let Some(request) = request else { break };
                     self.handle(request)?;
@@ -202,13 +215,28 @@ impl Node {
                 }
                 _ = stop.changed() => break,
             }
-            self.start_read_round();
-            self.drain_readies()?;
-            // The core took what it installs in this turn's Readies.
-            self.incoming_snapshots.clear();
-            self.publish_status();
+            self.end_turn()?;
         }
         tracing::info!("node stopped");
+        Ok(())
+    }
+
+    fn tick(&mut self) {
+        self.raft.tick();
+        self.ticks += 1;
+        self.reads.expire(self.ticks);
+        if self.ticks.is_multiple_of(64) {
+            self.proposals.forget_abandoned();
+        }
+    }
+
+    /// What every turn ends with, whatever its input was.
+    fn end_turn(&mut self) -> Result<(), ServerError> {
+        self.reads.start_round(&mut self.raft, self.ticks);
+        self.drain_readies()?;
+        // The core took what it installs in this turn's Readies.
+        self.incoming_snapshots.clear();
+        self.publish_status();
         Ok(())
     }
 
@@ -225,13 +253,7 @@ impl Node {
             Request::SnapshotReport { to, ok } => self.raft.report_snapshot(to, ok),
             Request::SnapshotTaken(result) => self.snapshot_taken(result)?,
             Request::Propose { command, reply } => match self.raft.propose(command.encode_to_vec().into()) {
-                Ok(index) => {
-                    // An index reused after losing and regaining leadership:
-                    // the earlier proposal there was replaced, never applied.
-                    if let Some((_, replaced)) = self.proposals.insert(index, (self.raft.term(), reply)) {
-                        let _ = replaced.send(Err(NodeError::LeaderChanged));
-                    }
-                }
+                Ok(index) => self.proposals.add(index, self.raft.term(), reply),
                 Err(RaftError::NotLeader { leader }) => {
                     let _ = reply.send(Err(NodeError::NotLeader { leader }));
                 }
@@ -240,38 +262,12 @@ impl Node {
                 }
             },
             Request::Range { req, linearizable: false, reply } => {
-                let _ = reply.send(self.serve_range(&req));
+                self.reads.serve(&self.kv, PendingRead { req, reply })
             }
-            Request::Range { req, linearizable: true, reply } => self.reads_unsent.push(PendingRead { req, reply }),
-            Request::Hash { reply } => {
-                let _ = reply.send((self.kv.hash(), self.kv.revision()));
-            }
+            Request::Range { req, linearizable: true, reply } => self.reads.queue(PendingRead { req, reply }),
+            Request::Hash { reply } => self.reads.hash(&self.kv, reply),
         }
         Ok(())
-    }
-
-    fn serve_range(&self, req: &RangeRequest) -> Result<(RangeResponse, i64), NodeError> {
-        Ok((self.kv.range(req)?, self.kv.revision()))
-    }
-
-    /// One ReadIndex round for every read that arrived since the last one.
-    fn start_read_round(&mut self) {
-        if self.reads_unsent.is_empty() {
-            return;
-        }
-        let ctx = self.next_read_ctx;
-        self.next_read_ctx += 1;
-        let reads = std::mem::take(&mut self.reads_unsent);
-        match self.raft.read_index(Bytes::copy_from_slice(&ctx.to_be_bytes())) {
-            Ok(()) => {
-                self.reads_in_round.insert(ctx, reads);
-            }
-            Err(_) => {
-                for read in reads {
-                    let _ = read.reply.send(Err(NodeError::NoLeader));
-                }
-            }
-        }
     }
 
     fn drain_readies(&mut self) -> Result<(), ServerError> {
@@ -285,7 +281,7 @@ impl Node {
 
     fn handle_ready(&mut self, mut rd: Ready) -> Result<(), ServerError> {
         for m in rd.messages.drain(..) {
-            self.transport.send(m);
+            self.outbox.send(m);
         }
         let installing = match &rd.snapshot {
             Some(meta) => {
@@ -296,27 +292,23 @@ impl Node {
             None => None,
         };
         if rd.must_persist() {
-            let write = LogWrite::from_ready(&rd);
-            let store = &mut self.store;
-            tokio::task::block_in_place(|| store.persist(write))?;
+            // Blocking is right here: this is the loop's own thread.
+            self.store.persist(LogWrite::from_ready(&rd))?;
         }
         if let (Some(kv), Some(meta)) = (installing, &rd.snapshot) {
             self.kv = kv;
             self.snapshot_installed(meta);
         }
         for m in rd.persisted_messages.drain(..) {
-            self.transport.send(m);
+            self.outbox.send(m);
         }
         for entry in std::mem::take(&mut rd.committed_entries) {
             self.apply(entry);
         }
         for ReadState { ctx, index } in std::mem::take(&mut rd.read_states) {
-            let ctx = u64::from_be_bytes(ctx.as_ref().try_into().unwrap_or_default());
-            for read in self.reads_in_round.remove(&ctx).unwrap_or_default() {
-                self.reads_ready.push((index, read));
-            }
+            self.reads.round_done(&ctx, index);
         }
-        self.serve_applied_reads();
+        self.reads.serve_applied(self.raft.applied_index(), &self.kv);
         self.maybe_snapshot();
         Ok(())
     }
@@ -363,8 +355,7 @@ impl Node {
         {
             let term = self.store.term(to)?;
             let point = SnapshotMeta { index: to, term, conf: taken.meta.conf.clone() };
-            let store = &mut self.store;
-            tokio::task::block_in_place(|| store.compact(&point))?;
+            self.store.compact(&point)?;
             self.raft.compact(to);
             tracing::info!(up_to = to, "log compacted");
         }
@@ -377,54 +368,40 @@ impl Node {
         tracing::info!(index = meta.index, term = meta.term, keys = self.kv.len(), "installed the leader's snapshot");
         self.snapshotter.installed(meta.index);
         self.snapshotter.prune();
-        // Proposals from a lost leadership whose entries the snapshot covers:
-        // they may or may not be in it.
-        let covered: Vec<u64> = self.proposals.keys().copied().filter(|&i| i <= meta.index).collect();
-        for index in covered {
-            if let Some((_, reply)) = self.proposals.remove(&index) {
-                let _ = reply.send(Err(NodeError::OutcomeUnknown));
-            }
-        }
+        // Writes waiting at indexes the snapshot covers may or may not be in it.
+        self.proposals.covered_by_snapshot(meta.index);
     }
 
+    /// Applies one committed entry and answers whoever waits at its index:
+    /// every kind of entry, so a write whose index went to a leader's no-op
+    /// or a configuration change is told at once that it failed.
     fn apply(&mut self, entry: Entry) {
-        if entry.is_conf_change() {
+        let (index, term) = (entry.index, entry.term);
+        let result = if entry.is_conf_change() {
             match ConfState::decode(entry.data.clone()) {
                 Ok(conf) => self.raft.apply_conf_change(conf),
-                Err(e) => tracing::error!(index = entry.index, "undecodable configuration change: {e}"),
+                Err(e) => tracing::error!(index, "undecodable configuration change: {e}"),
             }
-            return;
-        }
-        if entry.data.is_empty() {
-            return; // a leader's no-op
-        }
-        let result = match Command::decode(entry.data.clone()) {
-            Ok(command) => self.kv.apply(&command),
-            Err(e) => {
-                // Every member decodes the same bytes the same way, so every
-                // member refuses it alike.
-                tracing::error!(index = entry.index, "undecodable command: {e}");
-                Err(KvError::EmptyCommand)
-            }
+            None
+        } else if entry.data.is_empty() {
+            None // a leader's no-op
+        } else {
+            Some(match Command::decode(entry.data.clone()) {
+                Ok(command) => self.kv.apply(&command),
+                Err(e) => {
+                    // Every member decodes the same bytes the same way, so
+                    // every member refuses it alike.
+                    tracing::error!(index, "undecodable command: {e}");
+                    Err(KvError::EmptyCommand)
+                }
+            })
         };
-        if let Some((term, reply)) = self.proposals.remove(&entry.index) {
-            let answer = if term == entry.term {
-                Ok(Applied { result, revision: self.kv.revision(), term: self.raft.term() })
-            } else {
-                Err(NodeError::LeaderChanged)
-            };
-            let _ = reply.send(answer);
-        }
-    }
-
-    fn serve_applied_reads(&mut self) {
-        let applied = self.raft.applied_index();
-        let (ready, waiting): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.reads_ready).into_iter().partition(|(index, _)| *index <= applied);
-        self.reads_ready = waiting;
-        for (_, read) in ready {
-            let _ = read.reply.send(self.serve_range(&read.req));
-        }
+        let (revision, current_term) = (self.kv.revision(), self.raft.term());
+        self.proposals.applied(index, term, || match result {
+            Some(result) => Ok(Applied { result, revision, term: current_term }),
+            // A write is never proposed as a no-op or a configuration change.
+            None => Err(NodeError::LeaderChanged),
+        });
     }
 
     fn publish_status(&mut self) {
@@ -444,10 +421,7 @@ impl Node {
             }
         }
         if previous.term != status.term || previous.leader != status.leader {
-            // The core drops ReadIndex rounds when leadership changes.
-            for read in self.reads_in_round.drain().flat_map(|(_, reads)| reads) {
-                let _ = read.reply.send(Err(NodeError::LeaderChanged));
-            }
+            self.reads.leader_changed();
         }
         if previous != status {
             self.status.send_replace(status);

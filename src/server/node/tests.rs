@@ -1,0 +1,329 @@
+//! The driver, tested turn by turn: real nodes (RocksDB stores in temporary
+//! directories) whose outgoing messages land in the test's hands, which
+//! delivers, drops or holds each one. No timers, no sockets: every scenario
+//! is the same on every run.
+
+use std::sync::{Arc, Mutex};
+
+use tempfile::TempDir;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::*;
+use crate::kv;
+use crate::proto::etcdserverpb::PutRequest;
+use crate::raft::{Config, Role};
+use crate::snapshot::SnapshotDir;
+use crate::storage::LogStore;
+
+const ROUND_TICKS: u64 = 5;
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<Message>>>);
+
+impl Outbox for Captured {
+    fn send(&self, m: Message) {
+        self.0.lock().unwrap().push(m);
+    }
+}
+
+struct Member {
+    node: Node,
+    outbox: Captured,
+    _requests: mpsc::Sender<Request>,
+}
+
+struct Harness {
+    members: Vec<Member>,
+    dirs: Vec<TempDir>,
+}
+
+/// Opens member `id` of voters `1..=n` from `dir`, bootstrapping it if new.
+fn open(id: NodeId, n: u64, dir: &std::path::Path) -> Member {
+    let mut store = RocksStore::open(dir.join("raft")).unwrap();
+    if store.identity().unwrap().is_none() {
+        store.bootstrap(&ConfState::with_voters(1..=n)).unwrap();
+        store.set_identity(1, id).unwrap();
+    }
+    let state = store.initial_state().unwrap();
+    let mut cfg = Config::new(id);
+    // Elections happen when the test says so, and votes follow the log rule alone.
+    cfg.pre_vote = false;
+    cfg.check_quorum = false;
+    cfg.election_tick = 1000;
+    let applied = state.offset_index;
+    let raft = Raft::new(cfg, state, applied).unwrap();
+    let snapshots = Arc::new(SnapshotDir::open(dir.join("snap")).unwrap());
+    let (requests, _) = mpsc::channel(1);
+    let outbox = Captured::default();
+    let node = Node::new(NodeParts {
+        raft,
+        store,
+        kv: KvStore::new(),
+        outbox: Box::new(outbox.clone()),
+        snapshotter: Snapshotter::new(snapshots, 1_000_000, 1000, 0, 0),
+        requests: requests.downgrade(),
+        status: watch::channel(NodeStatus::default()).0,
+        runtime: Handle::current(),
+        read_round_ticks: ROUND_TICKS,
+    });
+    Member { node, outbox, _requests: requests }
+}
+
+impl Harness {
+    fn new(n: u64) -> Harness {
+        let dirs: Vec<TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+        let members = (1..=n).zip(&dirs).map(|(id, d)| open(id, n, d.path())).collect();
+        Harness { members, dirs }
+    }
+
+    fn node(&mut self, id: NodeId) -> &mut Node {
+        &mut self.members[id as usize - 1].node
+    }
+
+    /// Kills member `id` (its unsent messages are lost) and starts it again
+    /// from its data directory, as a new process.
+    fn restart(&mut self, id: NodeId) {
+        let n = self.members.len() as u64;
+        let dir = self.dirs[id as usize - 1].path().to_owned();
+        // The old store must close before the new one opens.
+        drop(self.members.remove(id as usize - 1));
+        self.members.insert(id as usize - 1, open(id, n, &dir));
+    }
+
+    fn input(&mut self, id: NodeId, request: Request) {
+        let node = self.node(id);
+        node.handle(request).unwrap();
+        node.end_turn().unwrap();
+    }
+
+    fn campaign(&mut self, id: NodeId) {
+        let node = self.node(id);
+        node.raft.campaign_now();
+        node.end_turn().unwrap();
+    }
+
+    fn tick(&mut self, id: NodeId) {
+        let node = self.node(id);
+        node.tick();
+        node.end_turn().unwrap();
+    }
+
+    fn put(&mut self, id: NodeId, key: &str, value: &str) -> oneshot::Receiver<Result<Applied, NodeError>> {
+        let (reply, answer) = oneshot::channel();
+        let req = PutRequest { key: key.to_owned().into(), value: value.to_owned().into(), ..Default::default() };
+        self.input(id, Request::Propose { command: kv::put_command(req), reply });
+        answer
+    }
+
+    fn read(&mut self, id: NodeId, key: &str) -> oneshot::Receiver<Result<(RangeResponse, i64), NodeError>> {
+        let (reply, answer) = oneshot::channel();
+        let req = RangeRequest { key: key.to_owned().into(), ..Default::default() };
+        self.input(id, Request::Range { req, linearizable: true, reply });
+        answer
+    }
+
+    /// Takes every queued message: the test decides what becomes of each.
+    fn take(&mut self) -> Vec<Message> {
+        self.members.iter().flat_map(|m| std::mem::take(&mut *m.outbox.0.lock().unwrap())).collect()
+    }
+
+    /// Delivers every queued message but those `hold` keeps, which it
+    /// returns, until none is left: at most 100 rounds.
+    fn deliver_holding(&mut self, hold: impl Fn(&Message) -> bool) -> Vec<Message> {
+        let mut held = Vec::new();
+        for _ in 0..100 {
+            let messages = self.take();
+            if messages.is_empty() {
+                return held;
+            }
+            for m in messages {
+                if hold(&m) {
+                    held.push(m);
+                } else {
+                    let to = m.to;
+                    self.input(to, Request::Peer(m));
+                }
+            }
+        }
+        panic!("messages still flowing after 100 rounds");
+    }
+
+    /// Delivers queued messages that `pass` lets through (dropping the rest)
+    /// until none is left: at most 100 rounds.
+    fn deliver(&mut self, pass: impl Fn(&Message) -> bool) {
+        for _ in 0..100 {
+            let messages = self.take();
+            if messages.is_empty() {
+                return;
+            }
+            for m in messages.into_iter().filter(|m| pass(m)) {
+                let to = m.to;
+                self.input(to, Request::Peer(m));
+            }
+        }
+        panic!("messages still flowing after 100 rounds");
+    }
+
+    fn value(&mut self, id: NodeId, key: &str) -> Option<(String, i64)> {
+        let req = RangeRequest { key: key.to_owned().into(), ..Default::default() };
+        let resp = self.node(id).kv.range(&req).unwrap();
+        resp.kvs.first().map(|kv| (String::from_utf8(kv.value.to_vec()).unwrap(), kv.version))
+    }
+}
+
+/// Messages between members of `group` only.
+fn within(group: &'static [NodeId]) -> impl Fn(&Message) -> bool {
+    move |m| group.contains(&m.from) && group.contains(&m.to)
+}
+
+fn is_vote(m: &Message) -> bool {
+    matches!(m.body, Body::Vote { .. } | Body::VoteResponse { .. })
+}
+
+fn elect_everywhere(h: &mut Harness, id: NodeId) {
+    h.campaign(id);
+    h.deliver(|_| true);
+    assert_eq!(h.node(id).raft.role(), Role::Leader);
+}
+
+/// Defect 1 of issue 11, the five-member scenario: A's write X reaches only
+/// B; C's no-op truncates it from A's log; A, leader again, appends Y where
+/// X was; B then commits X. X's client must hear X's real outcome (or
+/// "unknown"), never a definite failure that invites a retry and a second
+/// apply; Y's client hears that Y certainly failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_replaced_in_the_leaders_log_but_committed_by_another_is_answered_truly() {
+    const A: NodeId = 1;
+    const B: NodeId = 2;
+    const C: NodeId = 3;
+    let mut h = Harness::new(5);
+    elect_everywhere(&mut h, A);
+    let base = h.node(A).raft.last_index();
+
+    // A's entries base+1..=base+3 (X last) reach only B.
+    let p1 = h.put(A, "p1", "1");
+    let p2 = h.put(A, "p2", "2");
+    let mut x = h.put(A, "x", "X");
+    h.deliver(within(&[A, B]));
+    assert_eq!(h.node(B).raft.last_index(), base + 3);
+
+    // C wins with C, D, E; its no-op at base+1 reaches only A, which truncates.
+    h.campaign(C);
+    h.deliver(|m| is_vote(m) && within(&[3, 4, 5])(m));
+    assert_eq!(h.node(C).raft.role(), Role::Leader);
+    // (Its first appends went nowhere; a heartbeat makes it probe again.)
+    h.tick(C);
+    h.deliver(within(&[A, C]));
+    assert_eq!(h.node(A).raft.last_index(), base + 1, "A truncated X away");
+
+    // A wins with A, D, E and appends Y at X's index; nothing of it leaves A.
+    h.campaign(A);
+    h.deliver(|m| is_vote(m) && within(&[1, 4, 5])(m));
+    assert_eq!(h.node(A).raft.role(), Role::Leader);
+    let mut y = h.put(A, "y", "Y");
+    assert_eq!(h.node(A).raft.last_index(), base + 3, "Y took X's index");
+    h.take();
+    assert!(x.try_recv().is_err(), "X was answered before its index was decided: {:?}", x.try_recv());
+
+    // A is cut off; B wins with B, D, E and commits X. (B, cut off since
+    // the first term, learns the current term from its first refusals.)
+    for _ in 0..3 {
+        h.campaign(B);
+        h.deliver(within(&[2, 4, 5]));
+    }
+    assert_eq!(h.node(B).raft.role(), Role::Leader);
+    assert!(h.node(B).raft.commit_index() >= base + 3);
+
+    // Healed: A learns X was committed at its index.
+    for _ in 0..3 {
+        h.tick(B);
+        h.deliver(|_| true);
+    }
+    let x = x.try_recv().expect("X answered once its index was applied on A");
+    match x {
+        Ok(applied) => assert!(applied.result.is_ok(), "X applied with an error: {:?}", applied.result),
+        Err(NodeError::OutcomeUnknown) => {}
+        Err(e) => panic!("X took effect, but its client was told {e:?}: a retry would apply it twice"),
+    }
+    assert!(matches!(y.try_recv(), Ok(Err(NodeError::LeaderChanged))), "Y certainly failed: its index holds X");
+    for id in 1..=5 {
+        assert_eq!(h.value(id, "x"), Some(("X".into(), 1)), "member {id}: X applied once");
+        assert_eq!(h.value(id, "y"), None, "member {id}: Y never applied");
+    }
+    drop((p1, p2));
+}
+
+/// Defect 2: a write whose index went to a new leader's no-op is answered in
+/// the turn that applies the no-op, not when its client gives up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_whose_index_went_to_a_new_leaders_noop_fails_at_once() {
+    let mut h = Harness::new(3);
+    elect_everywhere(&mut h, 1);
+    let mut w = h.put(1, "w", "lost");
+    h.take(); // W never leaves member 1.
+    h.campaign(2);
+    h.deliver(within(&[2, 3]));
+    assert_eq!(h.node(2).raft.role(), Role::Leader);
+    assert!(w.try_recv().is_err(), "W answered before its index was decided");
+    // Member 1 hears from the new leader: one round of messages, one turn each.
+    h.tick(2);
+    h.deliver(|_| true);
+    assert!(matches!(w.try_recv(), Ok(Err(NodeError::LeaderChanged))), "W certainly failed: a no-op holds its index");
+    assert_eq!(h.node(1).proposals.len(), 0, "nothing left waiting");
+    assert_eq!(h.value(1, "w"), None);
+}
+
+/// Defect 3: the leader's answer to a follower's ReadIndex is lost; the
+/// read fails as retryable within the round's deadline and leaves nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_whose_read_index_answer_was_lost_is_failed_within_its_deadline() {
+    let mut h = Harness::new(3);
+    elect_everywhere(&mut h, 1);
+    let mut read = h.read(2, "k");
+    // The request reaches the leader; its answer is lost on the way back.
+    let lost = h.deliver_holding(|m| matches!(m.body, Body::ReadIndexResponse { .. }));
+    assert_eq!(lost.len(), 1);
+    for _ in 0..ROUND_TICKS - 1 {
+        h.tick(2);
+        h.take();
+        assert!(read.try_recv().is_err(), "failed before its deadline");
+    }
+    h.tick(2);
+    assert!(matches!(read.try_recv(), Ok(Err(NodeError::ReadIndexLost))), "the lost round failed its read");
+    assert_eq!(h.node(2).reads.waiting(), 0, "nothing left waiting");
+}
+
+/// Defect 4: an answer to a read round of a previous process of the same
+/// member must not release a read of the restarted one, even with the same
+/// round number.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_index_answer_from_before_a_restart_is_ignored() {
+    let mut h = Harness::new(3);
+    elect_everywhere(&mut h, 1);
+    // Member 2's first process asks; the leader's answer is held back.
+    let first = h.read(2, "k");
+    let mut stale = h.deliver_holding(|m| matches!(m.body, Body::ReadIndexResponse { .. }));
+    assert_eq!(stale.len(), 1, "the leader answered the first process's read");
+
+    // Member 2 restarts, then learns the leader and a newer write.
+    drop(first);
+    h.restart(2);
+    h.put(1, "k", "new");
+    h.deliver(|_| true);
+    assert_eq!(h.value(2, "k").map(|v| v.0), Some("new".into()));
+    // The new process's first round (number 0, as the old one's was).
+    let mut read = h.read(2, "k");
+    let asked = h.take();
+    assert_eq!(asked.len(), 1, "the new process asked the leader");
+    // The stale answer arrives first: it must release nothing.
+    h.input(2, Request::Peer(stale.pop().unwrap()));
+    assert!(read.try_recv().is_err(), "a read was released by an answer meant for another process");
+    // The real round completes the read.
+    for m in asked {
+        let to = m.to;
+        h.input(to, Request::Peer(m));
+    }
+    h.deliver(|_| true);
+    let (resp, _) = tokio::time::timeout(std::time::Duration::from_secs(5), read).await.unwrap().unwrap().unwrap();
+    assert_eq!(resp.kvs[0].value.as_ref(), b"new");
+}

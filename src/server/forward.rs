@@ -58,13 +58,14 @@ async fn run(cluster_id: u64, me: u64, mut client: RaftPeerClient<Channel>, mut 
     while let Some(first) = queue.recv().await {
         let (requests, outgoing) = mpsc::channel(4096);
         let mut pending: HashMap<u64, oneshot::Sender<Answer>> = HashMap::new();
-        let mut send = |(command, reply): Job, pending: &mut HashMap<u64, oneshot::Sender<Answer>>| {
+        let mut request = |(command, reply): Job, pending: &mut HashMap<u64, oneshot::Sender<Answer>>| {
             next_id += 1;
             pending.insert(next_id, reply);
-            requests.try_send(ForwardRequest { cluster_id, from: me, command: Some(command), id: next_id })
+            ForwardRequest { cluster_id, from: me, command: Some(command), id: next_id }
         };
-        // Not yet sent: a failure to open the stream is safe to report as "not appended".
-        let _ = send(first, &mut pending);
+        // The channel is new and empty: the first write always fits. Not yet
+        // sent: a failure to open the stream is safe to report as "not appended".
+        let _ = requests.try_send(request(first, &mut pending));
         let mut incoming = match client.forward(ReceiverStream::new(outgoing)).await {
             Ok(response) => response.into_inner(),
             Err(status) => {
@@ -81,7 +82,11 @@ async fn run(cluster_id: u64, me: u64, mut client: RaftPeerClient<Channel>, mut 
             tokio::select! {
                 job = queue.recv() => match job {
                     Some(job) => {
-                        if send(job, &mut pending).is_err() {
+                        // A full stream buffer waits (backpressure on the
+                        // writers) instead of failing every pending write.
+                        // The leader keeps reading requests while its answers
+                        // wait for us, so this wait always ends.
+                        if requests.send(request(job, &mut pending)).await.is_err() {
                             break;
                         }
                     }

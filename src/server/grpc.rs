@@ -16,8 +16,8 @@ use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvRequest, HashKvResponse,
-    Member, MemberListRequest, MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest,
-    StatusResponse, TxnRequest, TxnResponse, response_op,
+    Member, MemberListRequest, MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    ResponseHeader, StatusRequest, StatusResponse, TxnRequest, TxnResponse, response_op,
 };
 use crate::proto::raftpeer::raft_peer_server::RaftPeer;
 use crate::proto::raftpeer::{
@@ -77,6 +77,7 @@ impl Kv for KvService {
         self.0.check_size(req.encoded_len())?;
         let (op, revision, term) = self.0.write(kv::txn_command(req)).await?;
         let Some(response_op::Response::ResponseTxn(mut resp)) = op.response else { return Err(unexpected()) };
+        nested_headers(&mut resp, revision);
         resp.header = Some(self.0.header(revision, term));
         Ok(Response::new(resp))
     }
@@ -85,6 +86,24 @@ impl Kv for KvService {
         Err(Status::unimplemented(
             "raftkv keeps no history of old revisions, so there is nothing to compact: Compact is not supported",
         ))
+    }
+}
+
+/// etcd gives every response inside a transaction a header holding the
+/// transaction's revision (and nothing else), nested transactions included.
+fn nested_headers(txn: &mut TxnResponse, revision: i64) {
+    let header = || Some(ResponseHeader { revision, ..Default::default() });
+    for op in &mut txn.responses {
+        match &mut op.response {
+            Some(response_op::Response::ResponseRange(r)) => r.header = header(),
+            Some(response_op::Response::ResponsePut(r)) => r.header = header(),
+            Some(response_op::Response::ResponseDeleteRange(r)) => r.header = header(),
+            Some(response_op::Response::ResponseTxn(r)) => {
+                nested_headers(r, revision);
+                r.header = header();
+            }
+            None => {}
+        }
     }
 }
 
@@ -131,10 +150,14 @@ impl Maintenance for MaintenanceService {
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let shared = &self.0;
         let status = shared.status.borrow().clone();
-        let db_size = dir_size(&shared.settings.data_dir) as i64;
+        // A walk of the data directory: file system calls, off the workers.
+        let dir = shared.settings.data_dir.clone();
+        let db_size = tokio::task::spawn_blocking(move || dir_size(&dir)).await.unwrap_or(0) as i64;
         Ok(Response::new(StatusResponse {
             header: Some(shared.header(status.revision, status.term)),
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            // Clients and tools read this as the etcd version they talk to;
+            // raftkv's own version is in /version beside it.
+            version: super::ETCD_API_VERSION.to_string(),
             db_size,
             leader: status.leader.unwrap_or(0),
             raft_index: status.commit,

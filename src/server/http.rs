@@ -7,7 +7,9 @@
 //! - `GET /v1/kv?prefix=p`: every key with that prefix, as JSON (also
 //!   `&serializable=true`);
 //! - `GET /v1/status`: this member's Raft and store status, as JSON;
-//! - `GET /healthz`: 200 when this member knows a leader, else 503.
+//! - `GET /healthz`: 200 when this member knows a leader, else 503;
+//! - `GET /version`: the etcd version whose API is served, and raftkv's own;
+//! - anything else: 404 (gRPC requests get gRPC's "unimplemented").
 //!
 //! A member that cannot reach a majority answers writes and linearizable
 //! reads with 503 and a hint that only serializable reads are served.
@@ -35,6 +37,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
     let body_limit = DefaultBodyLimit::max(2 * shared.settings.max_request_bytes);
     Router::new()
         .route("/v1/kv/{*key}", get(get_key).put(put_key).delete(delete_key))
+        .route("/v1/kv/", get(no_key).put(no_key).delete(no_key))
+        .route("/version", get(version))
         .route("/v1/kv", get(list))
         .route("/v1/status", get(status))
         .route("/healthz", get(health))
@@ -142,6 +146,32 @@ async fn list(
         Json(json!({ "revision": revision, "count": resp.count, "kvs": kvs })),
     )
         .into_response())
+}
+
+async fn no_key() -> HttpError {
+    HttpError(StatusCode::BAD_REQUEST, "etcdserver: key is not provided".into())
+}
+
+async fn version() -> Response {
+    Json(json!({
+        "etcdserver": super::ETCD_API_VERSION,
+        "etcdcluster": super::ETCD_API_VERSION,
+        "raftkv": env!("CARGO_PKG_VERSION"),
+    }))
+    .into_response()
+}
+
+/// The answer to a path nothing serves. gRPC clients get their protocol's
+/// "unimplemented" (status 12 in the headers), as tonic would give them.
+pub async fn not_found(request: axum::extract::Request) -> Response {
+    let grpc = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        return tonic::Status::unimplemented(format!("unknown method {}", request.uri().path())).into_http();
+    }
+    (StatusCode::NOT_FOUND, "404 page not found\n").into_response()
 }
 
 async fn status(State(shared): State<Arc<Shared>>) -> Response {

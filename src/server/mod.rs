@@ -5,6 +5,7 @@
 //! (etcd's gRPC API and the HTTP/JSON surface on the same address, as etcd
 //! does), and runs the [`node`] driver until told to stop.
 
+pub mod authority;
 pub mod config;
 pub mod forward;
 pub mod grpc;
@@ -19,7 +20,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::server::TcpIncoming;
@@ -34,6 +34,10 @@ use crate::raft::{Config, Raft, RaftError};
 use crate::snapshot::{SnapshotDir, SnapshotError, Snapshotter};
 use crate::storage::{LogStore, RocksStore, StorageError};
 pub use config::{ServerArgs, Settings};
+
+/// The etcd version whose API raftkv serves, as `Maintenance.Status` and
+/// `/version` report it to etcd clients and tools.
+pub const ETCD_API_VERSION: &str = "3.4.0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -53,12 +57,24 @@ pub enum ServerError {
     SnapshotMissing { index: u64, term: u64 },
     #[error("raft: {0}")]
     Raft(#[from] RaftError),
+    #[error("cannot run the Raft loop's thread: {0}")]
+    Thread(String),
     #[error("{what} server failed: {source}")]
     Serve { what: &'static str, source: std::io::Error },
 }
 
-/// Runs a member until `stop` turns true (or its storage fails).
-pub async fn serve(settings: Settings, stop: watch::Receiver<bool>) -> Result<(), ServerError> {
+/// What a member's data directory holds, ready to run.
+struct Opened {
+    raft: Raft,
+    store: RocksStore,
+    kv: KvStore,
+    snapshot_dir: Arc<SnapshotDir>,
+    snapshotter: Snapshotter,
+}
+
+/// Opens (or bootstraps) the data directory and rebuilds the member's state
+/// from its newest snapshot and log tail. Blocking: file and RocksDB reads.
+fn open(settings: &Settings) -> Result<Opened, ServerError> {
     let raft_dir = settings.data_dir.join("raft");
     std::fs::create_dir_all(&raft_dir).map_err(|source| ServerError::DataDir { path: raft_dir.clone(), source })?;
     let mut store = RocksStore::open(&raft_dir)?;
@@ -113,6 +129,14 @@ pub async fn serve(settings: Settings, stop: watch::Receiver<bool>) -> Result<()
     if let Some(meta) = newest {
         raft.snapshot_available(meta);
     }
+    Ok(Opened { raft, store, kv, snapshot_dir, snapshotter })
+}
+
+/// Runs a member until `stop` turns true (or its storage fails).
+pub async fn serve(settings: Settings, stop: watch::Receiver<bool>) -> Result<(), ServerError> {
+    let opening = settings.clone();
+    let Opened { raft, store, kv, snapshot_dir, snapshotter } =
+        tokio::task::spawn_blocking(move || open(&opening)).await.map_err(|e| ServerError::Thread(e.to_string()))??;
 
     let (node_tx, node_rx) = mpsc::channel(64 * 1024);
     let snapshots = snapshots::SnapshotSender::new(
@@ -154,14 +178,12 @@ pub async fn serve(settings: Settings, stop: watch::Receiver<bool>) -> Result<()
         .add_service(ClusterServer::new(grpc::ClusterService(shared.clone())))
         .add_service(MaintenanceServer::new(grpc::MaintenanceService(shared.clone())))
         .into_axum_router();
-        let app = grpc.merge(http::router(shared.clone()));
+        // Unknown paths: gRPC's "unimplemented" for gRPC requests, a plain
+        // 404 for everyone else (a health probe must not see success).
+        let app = grpc.merge(http::router(shared.clone())).fallback(http::not_found);
         let mut stop = stop.clone();
         servers.spawn(async move {
-            // Requests and answers are small: never wait for Nagle.
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            axum::serve(listener, app)
+            axum::serve(authority::ClientListener(listener), app)
                 .with_graceful_shutdown(async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
@@ -178,12 +200,46 @@ pub async fn serve(settings: Settings, stop: watch::Receiver<bool>) -> Result<()
         "serving"
     );
 
-    let node =
-        node::Node::new(node::NodeParts { raft, store, kv, transport, snapshotter, requests, status: status_tx });
-    let result = node.run(node_rx, settings.heartbeat, stop.clone()).await;
+    let node = node::Node::new(node::NodeParts {
+        raft,
+        store,
+        kv,
+        outbox: Box::new(transport),
+        snapshotter,
+        requests,
+        status: status_tx,
+        runtime: tokio::runtime::Handle::current(),
+        read_round_ticks: u64::from(settings.election_ticks),
+    });
+    let result = run_node_thread(node, node_rx, settings.heartbeat, stop.clone()).await;
     drop(shared);
     // The node is done (stopped or failed): the listeners go too.
     servers.abort_all();
     while servers.join_next().await.is_some() {}
     result
+}
+
+/// Runs the node's loop on a thread of its own, with a single-threaded
+/// runtime for its timer and queues: its synced writes block no async
+/// worker, and no busy worker (a large response being encoded) delays a
+/// tick, a heartbeat or an append.
+async fn run_node_thread(
+    node: node::Node,
+    requests: mpsc::Receiver<node::Request>,
+    tick: std::time::Duration,
+    stop: watch::Receiver<bool>,
+) -> Result<(), ServerError> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("raft-loop".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build();
+            let outcome = match runtime {
+                Ok(runtime) => runtime.block_on(node.run(requests, tick, stop)),
+                Err(e) => Err(ServerError::Thread(e.to_string())),
+            };
+            let _ = done.send(outcome);
+        })
+        .map_err(|e| ServerError::Thread(e.to_string()))?;
+    result.await.map_err(|_| ServerError::Thread("the Raft loop's thread panicked".into()))?
 }

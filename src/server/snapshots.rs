@@ -43,6 +43,8 @@ pub struct SnapshotSender {
     /// Where outcomes are reported (the node's own request queue).
     report: mpsc::WeakSender<Request>,
     active: Arc<Mutex<HashMap<NodeId, u64>>>,
+    /// The server's runtime: `send` is called from the node's own thread.
+    runtime: tokio::runtime::Handle,
 }
 
 impl SnapshotSender {
@@ -53,7 +55,8 @@ impl SnapshotSender {
         report: mpsc::WeakSender<Request>,
     ) -> SnapshotSender {
         let peers = members.iter().map(|m| (m.id, m.clone())).collect();
-        SnapshotSender { cluster_id, dir, peers, report, active: Arc::default() }
+        let runtime = tokio::runtime::Handle::current();
+        SnapshotSender { cluster_id, dir, peers, report, active: Arc::default(), runtime }
     }
 
     /// Sends the snapshot a `Body::Snapshot` message announces. A transfer
@@ -69,7 +72,7 @@ impl SnapshotSender {
         let offer =
             SnapshotOffer { cluster_id: self.cluster_id, from: m.from, to, term: m.term, meta: Some(meta), size: 0 };
         let (dir, report, active) = (self.dir.clone(), self.report.clone(), self.active.clone());
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             let started = Instant::now();
             let meta = offer.meta.clone().unwrap_or_default();
             let path = dir.file_path(meta.index, meta.term);
@@ -158,33 +161,39 @@ pub async fn receive(
     let started = Instant::now();
     let tmp = dir.temp_path(meta.index, meta.term);
     let written = write_parts(&tmp, &mut parts, offer.size).await;
+    // Verifying the file and building the map take time proportional to
+    // the snapshot: on a blocking thread, never on an async worker.
     let accepted = match written {
         Ok(()) => {
             let (dir, tmp, meta) = (dir.clone(), tmp.clone(), meta.clone());
-            tokio::task::spawn_blocking(move || dir.accept(&tmp, &meta))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(|e| Status::data_loss(e.to_string()))
+            tokio::task::spawn_blocking(move || {
+                dir.accept(&tmp, &meta).map(|(path, loaded)| {
+                    let keys = loaded.records.len();
+                    (path, keys, KvStore::from_records(loaded.header.revision, loaded.records))
+                })
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::data_loss(e.to_string()))
         }
         Err(status) => {
             let _ = tokio::fs::remove_file(&tmp).await;
             Err(status)
         }
     };
-    let (path, loaded) = accepted.inspect_err(|status| {
+    let (path, keys, kv) = accepted.inspect_err(|status| {
         tracing::warn!(from = offer.from, index = meta.index, "snapshot transfer refused: {}", status.message())
     })?;
     tracing::info!(
         from = offer.from,
         index = meta.index,
         term = meta.term,
-        keys = loaded.records.len(),
+        keys,
         bytes = offer.size,
         took_ms = started.elapsed().as_millis() as u64,
         file = %path.display(),
         "received a snapshot"
     );
-    let kv = KvStore::from_records(loaded.header.revision, loaded.records);
     let msg = Message { from: offer.from, to: me, term: offer.term, body: Body::Snapshot { meta } };
     let (reply, answer) = oneshot::channel();
     shared

@@ -1,13 +1,19 @@
 //! Outgoing peer traffic: one long-lived gRPC stream per peer, fed from a
-//! bounded queue. A full queue drops the message (Raft retransmits what
-//! matters), so a slow or dead peer never holds up the node; a broken link is
+//! queue bounded in bytes (appends carry up to a MiB each, heartbeats a few
+//! bytes: a bound in messages would be either useless or far too tight). A
+//! full queue drops the message (Raft retransmits what matters, and read
+//! rounds have deadlines), so a slow or dead peer never holds up the node and
+//! never holds more than [`QUEUE_BYTES`] of its memory; a broken link is
 //! reconnected with exponential backoff and reported in the log, not on every
 //! attempt. Snapshots do not share the stream: they go on their own call
 //! ([`super::snapshots`]).
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
@@ -19,40 +25,85 @@ use crate::proto::raftpeer::PeerMessage;
 use crate::proto::raftpeer::raft_peer_client::RaftPeerClient;
 use crate::raft::{Body, Message, NodeId};
 
-/// Messages queued per peer before new ones are dropped.
-const QUEUE: usize = 4096;
+/// Bytes queued per peer before new messages are dropped (one message is
+/// always accepted into an empty queue, however large).
+pub const QUEUE_BYTES: usize = 64 << 20;
+/// Messages handed to the gRPC stream ahead of the one being written.
+const STREAM_BUFFER: usize = 256;
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// A stream that lived this long was a working link: failures start over.
 const STABLE: Duration = Duration::from_secs(1);
 
+/// Where the node's outgoing Raft messages go: the peer links, or, in the
+/// driver's tests, the test's own hands.
+pub trait Outbox: Send {
+    /// Sends or drops `m`; never blocks.
+    fn send(&self, m: Message);
+}
+
 pub struct Transport {
     cluster_id: u64,
-    links: HashMap<NodeId, mpsc::Sender<PeerMessage>>,
+    links: HashMap<NodeId, LinkSender>,
     snapshots: SnapshotSender,
 }
 
+/// The sending end of one peer's queue, with the bytes it holds.
+struct LinkSender {
+    tx: mpsc::UnboundedSender<PeerMessage>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// The receiving end: counts bytes out as messages leave.
+struct LinkQueue {
+    rx: mpsc::UnboundedReceiver<PeerMessage>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl LinkQueue {
+    async fn recv(&mut self) -> Option<PeerMessage> {
+        let m = self.rx.recv().await?;
+        self.queued.fetch_sub(m.encoded_len(), Ordering::Relaxed);
+        Some(m)
+    }
+
+    fn clear(&mut self) {
+        while let Ok(m) = self.rx.try_recv() {
+            self.queued.fetch_sub(m.encoded_len(), Ordering::Relaxed);
+        }
+    }
+}
+
 impl Transport {
-    /// Starts a link to every member but `me`.
+    /// Starts a link to every member but `me`, on the current runtime.
     pub fn start(cluster_id: u64, me: NodeId, members: &[Member], snapshots: SnapshotSender) -> Transport {
         let mut links = HashMap::new();
         for member in members.iter().filter(|m| m.id != me) {
-            let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(run_link(member.clone(), rx));
-            links.insert(member.id, tx);
+            let (tx, rx) = mpsc::unbounded_channel();
+            let queued = Arc::new(AtomicUsize::new(0));
+            tokio::spawn(run_link(member.clone(), LinkQueue { rx, queued: queued.clone() }));
+            links.insert(member.id, LinkSender { tx, queued });
         }
         Transport { cluster_id, links, snapshots }
     }
+}
 
-    pub fn send(&self, m: Message) {
+impl Outbox for Transport {
+    fn send(&self, m: Message) {
         let to = m.to;
         if matches!(m.body, Body::Snapshot { .. }) {
             self.snapshots.send(m);
             return;
         }
-        if let (Some(link), Some(m)) = (self.links.get(&to), to_wire(self.cluster_id, m))
-            && link.try_send(m).is_err()
-        {
-            tracing::trace!(to, "peer queue full: message dropped");
+        let (Some(link), Some(m)) = (self.links.get(&to), to_wire(self.cluster_id, m)) else { return };
+        let size = m.encoded_len();
+        let queued = link.queued.load(Ordering::Relaxed);
+        if queued > 0 && queued + size > QUEUE_BYTES {
+            tracing::trace!(to, queued, "peer queue full: message dropped");
+            return;
+        }
+        link.queued.fetch_add(size, Ordering::Relaxed);
+        if link.tx.send(m).is_err() {
+            link.queued.fetch_sub(size, Ordering::Relaxed);
         }
     }
 }
@@ -70,7 +121,7 @@ pub fn peer_endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
         .keep_alive_while_idle(true))
 }
 
-async fn run_link(peer: Member, mut queue: mpsc::Receiver<PeerMessage>) {
+async fn run_link(peer: Member, mut queue: LinkQueue) {
     let mut backoff = Duration::from_millis(50);
     let mut failures = 0u32;
     let endpoint = match peer_endpoint(&peer.peer_url) {
@@ -94,10 +145,10 @@ async fn run_link(peer: Member, mut queue: mpsc::Receiver<PeerMessage>) {
                 }
                 failures += 1;
                 // What waited for this peer is stale by the time it is back.
-                while queue.try_recv().is_ok() {}
+                queue.clear();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
-                if queue.is_closed() {
+                if queue.rx.is_closed() {
                     return;
                 }
                 continue;
@@ -107,7 +158,7 @@ async fn run_link(peer: Member, mut queue: mpsc::Receiver<PeerMessage>) {
             tracing::info!(peer = peer.name, "connected to peer");
         }
         let connected = tokio::time::Instant::now();
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let mut client = RaftPeerClient::new(channel);
         let mut call = tokio::spawn(async move { client.stream(ReceiverStream::new(rx)).await });
         let ended = loop {

@@ -1,0 +1,132 @@
+//! Debian's etcdctl 3.4 and plain HTTP against a real raftkv cluster, as a
+//! new user would type them. Each case here once failed against raftkv while
+//! it worked against etcd 3.4 on the same machine.
+//!
+//! Needs `etcdctl` on the PATH (`scripts/install-deps` installs Debian's
+//! `etcd-client`).
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::cluster::Cluster;
+
+/// Runs etcdctl (API v3) and returns its stdout, failing with its stderr.
+fn etcdctl(args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    let mut child = Command::new("etcdctl")
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("etcdctl is on the PATH (scripts/install-deps installs Debian's etcd-client)");
+    child.stdin.take().unwrap().write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "etcdctl {args:?} failed:\n{stdout}{stderr}");
+    stdout.into_owned()
+}
+
+async fn cluster() -> Cluster {
+    let cluster = Cluster::start(3);
+    cluster.wait_leader(Duration::from_secs(15)).await;
+    cluster
+}
+
+/// grpc-go sends an endpoint written as a URL as the `:authority` itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn endpoint_status_takes_endpoints_written_as_urls_and_cluster() {
+    let cluster = cluster().await;
+    let urls = cluster.endpoints();
+    let out = tokio::task::spawn_blocking(move || {
+        let one = etcdctl(&["--endpoints", &urls[0], "endpoint", "status"], None);
+        let all = etcdctl(&["--endpoints", &urls.join(","), "endpoint", "status", "-w", "json"], None);
+        let cluster = etcdctl(&["--endpoints", &urls[1], "endpoint", "status", "--cluster"], None);
+        let put = etcdctl(&["--endpoints", &urls.join(","), "put", "url-key", "v"], None);
+        (one, all, cluster, put)
+    })
+    .await
+    .unwrap();
+    let (one, all, cluster_wide, put) = out;
+    assert!(one.contains(&cluster.endpoints()[0]), "{one}");
+    // The etcd API version that etcd tools expect, not raftkv's own.
+    assert!(one.contains(", 3.4.0,"), "endpoint status reports etcd's API version: {one}");
+    let all: serde_json::Value = serde_json::from_str(&all).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 3, "{all}");
+    assert_eq!(cluster_wide.lines().count(), 3, "--cluster lists every member:\n{cluster_wide}");
+    for url in cluster.endpoints() {
+        assert!(cluster_wide.contains(&url), "{url} missing from\n{cluster_wide}");
+    }
+    assert_eq!(put.trim(), "OK");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn txn_json_gives_each_nested_response_a_header() {
+    let cluster = cluster().await;
+    let endpoints = cluster.endpoints().join(",");
+    let out = tokio::task::spawn_blocking(move || {
+        etcdctl(&["--endpoints", &endpoints, "put", "a", "1"], None);
+        let script = "value(\"a\") = \"1\"\n\nput b 2\nget a\ndel c\n\nput x y\n\n";
+        etcdctl(&["--endpoints", &endpoints, "txn", "-w", "json"], Some(script))
+    })
+    .await
+    .unwrap();
+    let txn: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let revision = &txn["header"]["revision"];
+    assert!(revision.as_i64().unwrap() > 1, "{txn}");
+    let responses = txn["responses"].as_array().unwrap();
+    assert_eq!(responses.len(), 3, "{txn}");
+    for r in responses {
+        let inner = r["Response"].as_object().unwrap().values().next().unwrap();
+        assert_eq!(&inner["header"]["revision"], revision, "as etcd: every nested response has the revision: {txn}");
+    }
+}
+
+fn http(method: &str, url: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let response = match method {
+        "PUT" => agent.put(url).send("v"),
+        "DELETE" => agent.delete(url).call(),
+        _ => agent.get(url).call(),
+    };
+    let mut response = response.unwrap();
+    (response.status().as_u16(), response.body_mut().read_to_string().unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_paths_and_empty_keys_get_plain_http_errors() {
+    let cluster = cluster().await;
+    let base = cluster.endpoints()[0].clone();
+    let answers = tokio::task::spawn_blocking(move || {
+        let mut answers = Vec::new();
+        for (method, path) in [("GET", "/nope"), ("GET", "/v2/keys/x"), ("GET", "/v1/kvx")] {
+            answers.push((method, path, http(method, &format!("{base}{path}"))));
+        }
+        for method in ["GET", "PUT", "DELETE"] {
+            answers.push((method, "/v1/kv/", http(method, &format!("{base}/v1/kv/"))));
+        }
+        answers.push(("GET", "/version", http("GET", &format!("{base}/version"))));
+        answers
+    })
+    .await
+    .unwrap();
+    for (method, path, (status, body)) in answers {
+        match path {
+            "/v1/kv/" => {
+                assert_eq!(status, 400, "{method} {path}: {body}");
+                assert!(body.contains("etcdserver: key is not provided"), "{method} {path}: {body}");
+            }
+            "/version" => {
+                assert_eq!(status, 200);
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(v["etcdserver"], "3.4.0", "{body}");
+                assert_eq!(v["etcdcluster"], "3.4.0", "{body}");
+                assert_eq!(v["raftkv"], env!("CARGO_PKG_VERSION"), "{body}");
+            }
+            _ => assert_eq!(status, 404, "{method} {path}: {body}"),
+        }
+    }
+}

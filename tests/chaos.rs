@@ -204,6 +204,33 @@ async fn isolate_the_leader() {
     .await;
 }
 
+/// Leadership moves again and again among five members while clients
+/// compare-and-swap: a write proposed under one leader may be truncated from
+/// its log and still committed by the next. No compare-and-swap may be
+/// answered "failed" (or any write "no leader") when its value is read later,
+/// and none may apply twice (the history check).
+#[tokio::test(flavor = "multi_thread")]
+async fn compare_and_swap_through_leader_churn_on_five() {
+    rounds(5, true, async |run| {
+        for _ in 0..5 {
+            run.sleep(300..800).await;
+            let leader = run.leader().await;
+            // The old leader alone, or with one follower: either way a
+            // minority that may hold uncommitted entries of its term.
+            let mut minority = vec![leader];
+            if run.rng.random_bool(0.5) {
+                minority.push((leader + run.rng.random_range(1..5)) % 5);
+            }
+            let rest: Vec<usize> = (0..5).filter(|m| !minority.contains(m)).collect();
+            run.net().partition(&[&minority, &rest]);
+            wait_leader_among(&run.cluster, &rest).await;
+            run.sleep(300..1000).await;
+            run.net().heal();
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn split_five_into_majority_and_minority() {
     rounds(5, true, async |run| {

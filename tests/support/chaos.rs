@@ -28,8 +28,9 @@ use super::linearizability::{Input, Operation, Output, Verdict, check};
 /// Longer than the server's own request timeout (5 s) would make every
 /// fault slow; shorter only turns more writes ambiguous, which is allowed.
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long the checker may search before the run counts as failed.
-const CHECK_LIMIT: Duration = Duration::from_secs(60);
+/// How many steps the checker may search before the run counts as failed
+/// (about a minute of search on an idle machine).
+const CHECK_STEPS: u64 = 2_000_000_000;
 
 /// The seed of a run: `RAFTKV_CHAOS_SEED`, or a fresh one (printed, so a
 /// failure can be replayed as far as real processes allow).
@@ -50,11 +51,14 @@ pub struct History {
     ops: Arc<Mutex<Vec<Operation>>>,
     /// How often each error message was seen, for the run's summary.
     errors: Arc<Mutex<std::collections::BTreeMap<String, usize>>>,
+    /// Values whose write the cluster said certainly did not take effect,
+    /// with what it said: none may ever be read.
+    refused: Arc<Mutex<std::collections::HashMap<String, String>>>,
 }
 
 impl History {
     fn new() -> History {
-        History { start: Instant::now(), ops: Arc::default(), errors: Arc::default() }
+        History { start: Instant::now(), ops: Arc::default(), errors: Arc::default(), refused: Arc::default() }
     }
 
     fn now(&self) -> u64 {
@@ -63,6 +67,26 @@ impl History {
 
     fn record(&self, op: Operation) {
         self.ops.lock().unwrap().push(op);
+    }
+
+    fn refused(&self, value: &str, answer: &str) {
+        self.refused.lock().unwrap().insert(value.to_string(), answer.to_string());
+    }
+
+    /// Every write the cluster called a certain failure (a definite error, or
+    /// a compare-and-swap that did not swap) whose value a read saw anyway.
+    pub fn refused_but_seen(&self) -> Vec<(String, String)> {
+        let refused = self.refused.lock().unwrap();
+        let ops = self.ops.lock().unwrap();
+        let mut seen: Vec<(String, String)> = ops
+            .iter()
+            .filter_map(|op| match &op.output {
+                Output::Value(Some(v)) => refused.get(v).map(|why| (v.clone(), why.clone())),
+                _ => None,
+            })
+            .collect();
+        seen.dedup();
+        seen
     }
 
     fn count_error(&self, message: &str) {
@@ -145,13 +169,28 @@ impl Workload {
     }
 }
 
-/// Errors after which a write certainly did not take effect.
-const DEFINITE_FAILURES: [&str; 3] = ["etcdserver: no leader", "etcdserver: leader unknown", "tcp connect error"];
+/// Errors after which a write certainly did not take effect. Every run
+/// checks the claim: no value written by a call answered so is ever read
+/// (see [`History::refused_but_seen`]).
+const DEFINITE_FAILURES: [&str; 3] = [
+    // The server retries a write only while it is certain the write was not
+    // appended (no leader, not the leader) or another term's entry was
+    // applied at its index, and answers "no leader" when its time runs out
+    // in that state. Anything else (a timeout after appending, a lost answer
+    // from the leader) is answered with "request timed out" or "may or may
+    // not have been applied".
+    "etcdserver: no leader",
+    // This member has no connection to forward through: nothing was sent.
+    "etcdserver: leader unknown",
+    // The client never reached a member.
+    "tcp connect error",
+];
 
 #[derive(Debug, PartialEq)]
 enum Outcome {
     Done(Output),
-    NotApplied,
+    /// Certainly not applied, with the answer that says so.
+    NotApplied(String),
     Unknown,
 }
 
@@ -202,6 +241,7 @@ impl ChaosClient {
                 if outcome == Outcome::Done(Output::Done) {
                     self.seen[k] = Some(value.clone());
                 }
+                self.note_refusal(&value, &outcome);
                 self.write_done(key, Input::Put { value }, call, outcome).await;
             }
             65..75 => {
@@ -244,8 +284,18 @@ impl ChaosClient {
                 if outcome == Outcome::Done(Output::Swapped(true)) {
                     self.seen[k] = Some(value.clone());
                 }
+                self.note_refusal(&value, &outcome);
                 self.write_done(key, Input::Cas { expected, new: value }, call, outcome).await;
             }
+        }
+    }
+
+    /// Remembers a value the cluster said was certainly not written.
+    fn note_refusal(&self, value: &str, outcome: &Outcome) {
+        match outcome {
+            Outcome::NotApplied(answer) => self.history.refused(value, answer),
+            Outcome::Done(Output::Swapped(false)) => self.history.refused(value, "compare failed"),
+            _ => {}
         }
     }
 
@@ -265,7 +315,7 @@ impl ChaosClient {
                 // that were untrue, its unique value would show up in a read
                 // and the check would fail on a value nobody wrote.
                 if DEFINITE_FAILURES.iter().any(|m| message.contains(m)) {
-                    Outcome::NotApplied
+                    Outcome::NotApplied(message.to_string())
                 } else {
                     Outcome::Unknown
                 }
@@ -282,7 +332,7 @@ impl ChaosClient {
         let (output, ret) = match outcome {
             Outcome::Done(output) => (output, Some(self.history.now())),
             Outcome::Unknown => (Output::Unknown, None),
-            Outcome::NotApplied => {
+            Outcome::NotApplied(_) => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 return;
             }
@@ -349,13 +399,20 @@ async fn state_of(endpoint: &str) -> Option<(u64, u32, i64)> {
 }
 
 /// Checks the history; on failure names the seed and shows the key's history.
+/// Also checks that no write answered as a certain failure was ever seen.
 pub fn assert_linearizable(history: &History, seed: u64, cluster: &Cluster) {
+    let seen = history.refused_but_seen();
+    assert!(
+        seen.is_empty(),
+        "seed {seed}: writes answered as certain failures took effect (value, answer): {seen:?}\n{}",
+        cluster.logs()
+    );
     let ops = history.ops.lock().unwrap().clone();
-    match check(&ops, CHECK_LIMIT) {
+    match check(&ops, CHECK_STEPS) {
         Verdict::Linearizable => {}
         Verdict::Violation { key, history } => {
             panic!("seed {seed}: the history of {key} is not linearizable:\n{history}\n{}", cluster.logs())
         }
-        Verdict::TimedOut { key } => panic!("seed {seed}: checking {key} ran out of time ({CHECK_LIMIT:?})"),
+        Verdict::OutOfSteps { key } => panic!("seed {seed}: checking {key} took more than {CHECK_STEPS} steps"),
     }
 }

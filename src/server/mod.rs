@@ -145,7 +145,11 @@ pub async fn serve(settings: Settings, stop: watch::Receiver<bool>) -> Result<()
         &settings.members,
         node_tx.downgrade(),
     );
-    let transport = transport::Transport::start(settings.cluster_id, settings.member_id, &settings.members, snapshots);
+    let peer_runtime = PeerRuntime::start()?;
+    let transport = {
+        let _on_peer_runtime = peer_runtime.handle().enter();
+        transport::Transport::start(settings.cluster_id, settings.member_id, &settings.members, snapshots)
+    };
     let (status_tx, status_rx) = watch::channel(node::NodeStatus::default());
     let requests = node_tx.downgrade();
     let shared = Arc::new(shared::Shared::new(settings.clone(), snapshot_dir, node_tx, status_rx));
@@ -153,11 +157,14 @@ pub async fn serve(settings: Settings, stop: watch::Receiver<bool>) -> Result<()
     let mut servers = tokio::task::JoinSet::new();
     let max_message = (2 * settings.max_request_bytes).max(4 << 20);
     for &addr in &settings.peer_addrs {
-        let listener =
-            TcpListener::bind(addr).await.map_err(|source| ServerError::Listen { what: "peer", addr, source })?;
+        let listen = move |source| ServerError::Listen { what: "peer", addr, source };
+        // Bound here, registered with the peer runtime's reactor there.
+        let listener = std::net::TcpListener::bind(addr).map_err(listen)?;
+        listener.set_nonblocking(true).map_err(listen)?;
         let peer = RaftPeerServer::new(grpc::PeerService(shared.clone())).max_decoding_message_size(max_message);
         let mut stop = stop.clone();
-        servers.spawn(async move {
+        let peer_server = async move {
+            let listener = TcpListener::from_std(listener).map_err(listen)?;
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(peer)
@@ -167,7 +174,8 @@ pub async fn serve(settings: Settings, stop: watch::Receiver<bool>) -> Result<()
                 })
                 .await
                 .map_err(|e| ServerError::Serve { what: "peer", source: std::io::Error::other(e) })
-        });
+        };
+        servers.spawn_on(peer_server, peer_runtime.handle());
     }
     for &addr in &settings.client_addrs {
         let listener =
@@ -216,7 +224,39 @@ pub async fn serve(settings: Settings, stop: watch::Receiver<bool>) -> Result<()
     // The node is done (stopped or failed): the listeners go too.
     servers.abort_all();
     while servers.join_next().await.is_some() {}
+    drop(peer_runtime);
     result
+}
+
+/// Raft traffic's own runtime: the peer links and the peer listener run on a
+/// worker thread that client work never occupies, so a client request that
+/// keeps the client workers busy (encoding a range of a million keys) cannot
+/// hold back a heartbeat or an append and depose a healthy leader.
+struct PeerRuntime(Option<tokio::runtime::Runtime>);
+
+impl PeerRuntime {
+    fn start() -> Result<PeerRuntime, ServerError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("raft-peer")
+            .enable_all()
+            .build()
+            .map_err(|e| ServerError::Thread(format!("the peer runtime: {e}")))?;
+        Ok(PeerRuntime(Some(runtime)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("present until dropped").handle()
+    }
+}
+
+impl Drop for PeerRuntime {
+    fn drop(&mut self) {
+        // Inside async code a runtime may only be dropped this way.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Runs the node's loop on a thread of its own, with a single-threaded

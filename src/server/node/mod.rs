@@ -1,4 +1,4 @@
-//! The driver: one task that owns the Raft core, its RocksDB store and the
+//! The driver: one loop that owns the Raft core, its RocksDB store and the
 //! key-value state machine, and joins them to the network and the clients.
 //!
 //! Each turn of the loop takes a tick or a batch of requests, then works off

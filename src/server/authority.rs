@@ -172,7 +172,7 @@ impl<T> ClientIo<T> {
                 headers.iter().all(|(n, v)| n != b":authority" || axum::http::uri::Authority::try_from(&v[..]).is_ok());
             if fine {
                 // h2's decoder must see the client's own bytes, as ours did.
-                self.write_block(&block, &block.fragment.clone());
+                Self::write_block(&mut self.output, &block, &block.fragment);
                 self.mode = Mode::Passing;
                 return Ok(());
             }
@@ -184,13 +184,13 @@ impl<T> ClientIo<T> {
             .filter_map(|(n, v)| if n == b":authority" { repair(&v).map(|v| (n, v)) } else { Some((n, v)) })
             .collect();
         let fragment = self.encoder.encode(repaired.iter().map(|(n, v)| (&n[..], &v[..])));
-        self.write_block(&block, &fragment);
+        Self::write_block(&mut self.output, &block, &fragment);
         Ok(())
     }
 
     /// Writes a header block as one HEADERS frame and as many CONTINUATION
     /// frames as the frame size limit needs.
-    fn write_block(&mut self, block: &Block, fragment: &[u8]) {
+    fn write_block(output: &mut BytesMut, block: &Block, fragment: &[u8]) {
         let mut first = Vec::with_capacity(5 + fragment.len());
         let mut flags = block.flags & END_STREAM;
         if let Some(p) = block.priority {
@@ -206,11 +206,11 @@ impl<T> ClientIo<T> {
             if rest.is_empty() {
                 flags |= END_HEADERS;
             }
-            self.output.put_uint(payload.len() as u64, 3);
-            self.output.put_u8(kind);
-            self.output.put_u8(flags);
-            self.output.put_u32(block.stream);
-            self.output.extend_from_slice(&payload);
+            output.put_uint(payload.len() as u64, 3);
+            output.put_u8(kind);
+            output.put_u8(flags);
+            output.put_u32(block.stream);
+            output.extend_from_slice(&payload);
             if rest.is_empty() {
                 return;
             }

@@ -47,28 +47,29 @@ pub struct Transport {
     snapshots: SnapshotSender,
 }
 
-/// The sending end of one peer's queue, with the bytes it holds.
+/// The sending end of one peer's queue, with the bytes it holds. Each
+/// message travels with its size, computed once.
 struct LinkSender {
-    tx: mpsc::UnboundedSender<PeerMessage>,
+    tx: mpsc::UnboundedSender<(PeerMessage, usize)>,
     queued: Arc<AtomicUsize>,
 }
 
 /// The receiving end: counts bytes out as messages leave.
 struct LinkQueue {
-    rx: mpsc::UnboundedReceiver<PeerMessage>,
+    rx: mpsc::UnboundedReceiver<(PeerMessage, usize)>,
     queued: Arc<AtomicUsize>,
 }
 
 impl LinkQueue {
     async fn recv(&mut self) -> Option<PeerMessage> {
-        let m = self.rx.recv().await?;
-        self.queued.fetch_sub(m.encoded_len(), Ordering::Relaxed);
+        let (m, size) = self.rx.recv().await?;
+        self.queued.fetch_sub(size, Ordering::Relaxed);
         Some(m)
     }
 
     fn clear(&mut self) {
-        while let Ok(m) = self.rx.try_recv() {
-            self.queued.fetch_sub(m.encoded_len(), Ordering::Relaxed);
+        while let Ok((_, size)) = self.rx.try_recv() {
+            self.queued.fetch_sub(size, Ordering::Relaxed);
         }
     }
 }
@@ -102,7 +103,7 @@ impl Outbox for Transport {
             return;
         }
         link.queued.fetch_add(size, Ordering::Relaxed);
-        if link.tx.send(m).is_err() {
+        if link.tx.send((m, size)).is_err() {
             link.queued.fetch_sub(size, Ordering::Relaxed);
         }
     }

@@ -29,7 +29,6 @@ mod tests;
 use std::time::Duration;
 
 use prost::Message as _;
-use rand::Rng as _;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -161,8 +160,7 @@ impl Node {
         // Unique per process, so no answer to an earlier process's read round
         // can match one of ours (etcd's request ids mix in the start time too).
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-        let seed = now ^ (u64::from(std::process::id()) << 32) ^ raft.id();
-        let nonce = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(seed).random::<u64>();
+        let nonce = now ^ (u64::from(std::process::id()) << 32);
         Node {
             raft,
             store,
@@ -396,12 +394,12 @@ impl Node {
                 }
             })
         };
-        let (revision, current_term) = (self.kv.revision(), self.raft.term());
-        self.proposals.applied(index, term, || match result {
-            Some(result) => Ok(Applied { result, revision, term: current_term }),
+        let outcome = match result {
+            Some(result) => Ok(Applied { result, revision: self.kv.revision(), term: self.raft.term() }),
             // A write is never proposed as a no-op or a configuration change.
             None => Err(NodeError::LeaderChanged),
-        });
+        };
+        self.proposals.applied(index, term, outcome);
     }
 
     fn publish_status(&mut self) {

@@ -37,15 +37,16 @@ impl Proposals {
     }
 
     /// The entry `(index, term)` was applied with `outcome`: the write that
-    /// proposed it gets the outcome, any other waiting there certainly failed.
-    pub fn applied(&mut self, index: u64, term: u64, outcome: impl FnOnce() -> Result<Applied, NodeError>) {
+    /// proposed it (one at most: an index and term name one entry) gets the
+    /// outcome, any other waiting there certainly failed.
+    pub fn applied(&mut self, index: u64, term: u64, outcome: Result<Applied, NodeError>) {
         let Some(waiting) = self.by_index.remove(&index) else { return };
         let mut outcome = Some(outcome);
         for w in waiting {
-            let answer = match (w.term == term, outcome.take()) {
-                (true, Some(outcome)) => outcome(),
+            let answer = match outcome.take_if(|_| w.term == term) {
+                Some(outcome) => outcome,
                 // Another term's entry committed here: this write never will.
-                _ => Err(NodeError::LeaderChanged),
+                None => Err(NodeError::LeaderChanged),
             };
             let _ = w.reply.send(answer);
         }

@@ -1,7 +1,7 @@
 //! Linearizable reads (ReadIndex) and serving reads off the loop.
 //!
 //! Reads that arrive while no round is being set up share the next ReadIndex
-//! round. Each round's context is this process's random nonce and a sequence
+//! round. Each round's context is this process's nonce (start time and pid) and a sequence
 //! number, so an answer meant for an earlier process of this member (same
 //! member id, counter restarted) can never release a read of this one. A
 //! round has a deadline in ticks: the transport may drop the request or its
@@ -35,7 +35,7 @@ struct Round {
 }
 
 pub struct Reads {
-    /// Random per process: tells this process's rounds from an earlier one's.
+    /// Unique per process: tells this process's rounds from an earlier one's.
     nonce: u64,
     next_seq: u64,
     /// Ticks a round may take before its reads are failed as retryable.

@@ -27,7 +27,7 @@ use crate::proto::raftpeer::{
 
 pub struct KvService(pub Arc<Shared>);
 
-fn require_key(key: &[u8]) -> Result<(), Status> {
+pub(super) fn require_key(key: &[u8]) -> Result<(), Status> {
     if key.is_empty() {
         return Err(Status::invalid_argument("etcdserver: key is not provided"));
     }
@@ -40,13 +40,10 @@ fn unexpected() -> Status {
 
 #[tonic::async_trait]
 impl Kv for KvService {
+    /// The client port serves `Range` through `KvRoutes`, which encodes
+    /// large answers off the workers; this is the same answer, unencoded.
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        let req = request.into_inner();
-        self.0.check_size(req.encoded_len())?;
-        require_key(&req.key)?;
-        let (mut resp, revision) = self.0.range(req).await?;
-        resp.header = Some(self.0.header(revision, self.0.status.borrow().term));
-        Ok(Response::new(resp))
+        Ok(Response::new(range(&self.0, request.into_inner()).await?))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {

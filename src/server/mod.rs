@@ -7,6 +7,7 @@
 
 pub mod authority;
 pub mod config;
+pub mod encoded_range;
 pub mod forward;
 pub mod grpc;
 pub mod http;
@@ -27,13 +28,13 @@ use tonic::transport::server::TcpIncoming;
 use crate::kv::KvStore;
 use crate::proto::ConfState;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
-use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::raftpeer::raft_peer_server::RaftPeerServer;
 use crate::raft::{Config, Raft, RaftError};
 use crate::snapshot::{SnapshotDir, SnapshotError, Snapshotter};
 use crate::storage::{LogStore, RocksStore, StorageError};
 pub use config::{ServerArgs, Settings};
+use encoded_range::KvRoutes;
 
 /// The etcd version whose API raftkv serves, as `Maintenance.Status` and
 /// `/version` report it to etcd clients and tools.
@@ -180,12 +181,10 @@ pub async fn serve(settings: Settings, stop: watch::Receiver<bool>) -> Result<()
     for &addr in &settings.client_addrs {
         let listener =
             TcpListener::bind(addr).await.map_err(|source| ServerError::Listen { what: "client", addr, source })?;
-        let grpc = tonic::service::Routes::new(
-            KvServer::new(grpc::KvService(shared.clone())).max_decoding_message_size(max_message),
-        )
-        .add_service(ClusterServer::new(grpc::ClusterService(shared.clone())))
-        .add_service(MaintenanceServer::new(grpc::MaintenanceService(shared.clone())))
-        .into_axum_router();
+        let grpc = tonic::service::Routes::new(KvRoutes::new(shared.clone(), max_message))
+            .add_service(ClusterServer::new(grpc::ClusterService(shared.clone())))
+            .add_service(MaintenanceServer::new(grpc::MaintenanceService(shared.clone())))
+            .into_axum_router();
         // Unknown paths: gRPC's "unimplemented" for gRPC requests, a plain
         // 404 for everyone else (a health probe must not see success).
         let app = grpc.merge(http::router(shared.clone())).fallback(http::not_found);

@@ -29,6 +29,9 @@ use crate::snapshot::SnapshotDir;
 /// How long a request may wait for the cluster (an election included).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A write slower than this is logged (etcd's `warn-apply-duration`).
+pub const SLOW_REQUEST: Duration = Duration::from_millis(100);
+
 pub struct Shared {
     pub settings: Settings,
     /// Where received snapshots are written.
@@ -99,8 +102,24 @@ impl Shared {
         self.ask(|reply| Request::Propose { command, reply }).await?
     }
 
-    /// Applies a write through whichever member leads.
+    /// Applies a write through whichever member leads, and says in the log
+    /// when that took longer than [`SLOW_REQUEST`] (as etcd warns "apply
+    /// request took too long").
     pub async fn write(&self, command: Command) -> Result<WriteResult, Status> {
+        let started = std::time::Instant::now();
+        let result = self.write_through_leader(command).await;
+        let took = started.elapsed();
+        if took > SLOW_REQUEST {
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                expected_ms = SLOW_REQUEST.as_millis() as u64,
+                "write request took too long"
+            );
+        }
+        result
+    }
+
+    async fn write_through_leader(&self, command: Command) -> Result<WriteResult, Status> {
         let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
         loop {
             let attempt = tokio::time::timeout_at(deadline, self.propose_here(command.clone())).await;

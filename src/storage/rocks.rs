@@ -54,6 +54,10 @@ impl RocksStore {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        // Flushes and compactions write their files out as they go rather
+        // than in one burst at the end, which the log's synced writes would
+        // wait behind.
+        opts.set_bytes_per_sync(1 << 20);
         let cfs = [CF_STATE, CF_LOG, CF_META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(rocks(format!("open {}", path.display())))?;
         let mut store = RocksStore {

@@ -48,6 +48,10 @@ use reads::{PendingRead, Reads};
 /// Most requests taken in one turn of the loop.
 const MAX_BATCH: usize = 4096;
 
+/// A loop turn or synced log write slower than this is logged: it delays
+/// every write and heartbeat behind it.
+const SLOW_TURN: Duration = Duration::from_millis(100);
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NodeError {
     #[error("not the leader")]
@@ -213,7 +217,12 @@ impl Node {
                 }
                 _ = stop.changed() => break,
             }
+            let working = std::time::Instant::now();
             self.end_turn()?;
+            let took = working.elapsed();
+            if took > SLOW_TURN {
+                tracing::warn!(took_ms = took.as_millis() as u64, "slow Raft loop turn");
+            }
         }
         tracing::info!("node stopped");
         Ok(())
@@ -291,7 +300,12 @@ impl Node {
         };
         if rd.must_persist() {
             // Blocking is right here: this is the loop's own thread.
+            let started = std::time::Instant::now();
             self.store.persist(LogWrite::from_ready(&rd))?;
+            let took = started.elapsed();
+            if took > SLOW_TURN {
+                tracing::warn!(took_ms = took.as_millis() as u64, entries = rd.entries.len(), "slow synced log write");
+            }
         }
         if let (Some(kv), Some(meta)) = (installing, &rd.snapshot) {
             self.kv = kv;

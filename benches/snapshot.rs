@@ -33,6 +33,7 @@ fn map(keys: usize) -> KvStore {
     let value = Bytes::from(vec![b'v'; 256]);
     KvStore::from_records(
         keys as i64 + 1,
+        1,
         (0..keys).map(|i| KeyValue {
             key: key(i),
             create_revision: i as i64 + 2,
@@ -45,7 +46,7 @@ fn map(keys: usize) -> KvStore {
 }
 
 fn header(index: u64, revision: i64, conf: ConfState) -> SnapshotHeader {
-    SnapshotHeader { meta: Some(SnapshotMeta { index, term: 1, conf: Some(conf) }), revision }
+    SnapshotHeader { meta: Some(SnapshotMeta { index, term: 1, conf: Some(conf) }), revision, compact_revision: 1 }
 }
 
 fn create_and_load(c: &mut Criterion) {
@@ -62,7 +63,7 @@ fn create_and_load(c: &mut Criterion) {
     group.bench_function("load", |b| {
         b.iter(|| {
             let loaded = file::read(&path).unwrap();
-            KvStore::from_records(loaded.header.revision, loaded.records)
+            KvStore::from_snapshot(&loaded.header, loaded.records)
         })
     });
     group.finish();

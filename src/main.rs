@@ -59,6 +59,15 @@ enum Command {
         /// Read the contacted member's state without confirming with the leader (may be stale).
         #[arg(long)]
         serializable: bool,
+        /// The state at this revision (0: the current one), while history still holds it.
+        #[arg(long, default_value_t = 0)]
+        rev: i64,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Forget the history before a revision, on every member: reads below it are refused from then on.
+    Compact {
+        revision: i64,
         #[command(flatten)]
         conn: Conn,
     },
@@ -188,14 +197,25 @@ async fn run(command: Command) -> Result<(), Failure> {
             client.put(key, value).await?;
             println!("OK");
         }
-        Command::Get { key, prefix, serializable, conn } => {
+        Command::Get { key, prefix, serializable, rev, conn } => {
             let mut client = Client::connect(&conn.endpoints).await?;
             let range_end = if prefix { prefix_end(key.as_bytes()) } else { Vec::new() };
-            let req = RangeRequest { key: key.into(), range_end: range_end.into(), serializable, ..Default::default() };
+            let req = RangeRequest {
+                key: key.into(),
+                range_end: range_end.into(),
+                serializable,
+                revision: rev,
+                ..Default::default()
+            };
             let resp = client.range(req).await.map_err(|e| with_read_hint(e, serializable))?;
             for kv in resp.kvs {
                 println!("{}\n{}", String::from_utf8_lossy(&kv.key), String::from_utf8_lossy(&kv.value));
             }
+        }
+        Command::Compact { revision, conn } => {
+            let mut client = Client::connect(&conn.endpoints).await?;
+            client.compact(revision).await?;
+            println!("compacted revision {revision}");
         }
         Command::Del { key, prefix, conn } => {
             let mut client = Client::connect(&conn.endpoints).await?;

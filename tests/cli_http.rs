@@ -30,6 +30,8 @@ fn malformed_settings_exit_2_naming_the_field() {
         (&["server", "--data-dir", data, "--initial-cluster", "x=http://127.0.0.1:1"], "initial-cluster"),
         (&["server", "--data-dir", data, "--listen-client-urls", "127.0.0.1:1"], "listen-client-urls"),
         (&["server", "--data-dir", data, "--election-timeout", "soon"], "--election-timeout"),
+        (&["server", "--data-dir", data, "--auto-compaction-retention", "10x"], "auto-compaction"),
+        (&["server", "--data-dir", data, "--auto-compaction-mode", "hourly"], "auto-compaction"),
     ];
     for (args, field) in cases {
         let out = raftkv(args);
@@ -190,4 +192,77 @@ async fn http_api_and_request_limits() {
     assert!(err.to_string().contains("1572864"), "{err}");
     let req = raftkv::proto::etcdserverpb::RangeRequest { key: "big".into(), ..Default::default() };
     assert!(client.range(req).await.unwrap().kvs.is_empty());
+}
+
+/// History through the command line and HTTP: reads at a past revision,
+/// a compaction, and what is refused after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn past_revisions_and_compaction_through_cli_and_http() {
+    let cluster = Cluster::start(3);
+    cluster.wait_leader(Duration::from_secs(15)).await;
+    let endpoints = cluster.endpoints().join(",");
+    let base = cluster.endpoints()[0].clone();
+    tokio::task::spawn_blocking(move || {
+        let url = |p: &str| format!("{base}{p}");
+        let put = |value: &str| -> i64 {
+            let body = ureq::put(&url("/v1/kv/h")).send(value).unwrap().into_body().read_to_string().unwrap();
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()["revision"].as_i64().unwrap()
+        };
+        let (first, second) = (put("one"), put("two"));
+        let at = |rev: i64| ureq::get(&url(&format!("/v1/kv/h?rev={rev}"))).call();
+        assert_eq!(at(first).unwrap().into_body().read_to_string().unwrap(), "one");
+        let list = ureq::get(&url(&format!("/v1/kv?prefix=h&rev={first}"))).call().unwrap();
+        let list: serde_json::Value = serde_json::from_str(&list.into_body().read_to_string().unwrap()).unwrap();
+        assert_eq!(list["kvs"][0]["value"], "one", "{list}");
+        assert!(matches!(at(first - 1), Err(ureq::Error::StatusCode(404))), "h did not exist yet");
+        assert!(matches!(at(99_999), Err(ureq::Error::StatusCode(400))), "a future revision");
+        let bad = ureq::get(&url("/v1/kv/h?rev=yesterday")).call();
+        assert!(matches!(bad, Err(ureq::Error::StatusCode(400))), "{bad:?}");
+
+        let get = |rev: i64| raftkv(&["get", "h", "--rev", &rev.to_string(), "--endpoints", &endpoints]);
+        assert_eq!(stdout(&get(first)), "h\none\n");
+        let compacted = raftkv(&["compact", &second.to_string(), "--endpoints", &endpoints]);
+        assert!(compacted.status.success(), "{}", stderr(&compacted));
+        assert_eq!(stdout(&compacted).trim(), format!("compacted revision {second}"));
+        let refused = get(first);
+        assert!(!refused.status.success());
+        assert!(stderr(&refused).contains("required revision has been compacted"), "{}", stderr(&refused));
+        assert!(matches!(at(first), Err(ureq::Error::StatusCode(400))), "compacted over HTTP too");
+        assert_eq!(stdout(&get(second)), "h\ntwo\n", "the compaction point itself stays readable");
+        let again = raftkv(&["compact", &second.to_string(), "--endpoints", &endpoints]);
+        assert!(stderr(&again).contains("required revision has been compacted"), "{}", stderr(&again));
+    })
+    .await
+    .unwrap();
+}
+
+/// `--auto-compaction-mode periodic`: the leader compacts on its own, to the
+/// revision of a retention ago, and every member then refuses older reads.
+#[tokio::test(flavor = "multi_thread")]
+async fn periodic_auto_compaction_compacts_on_every_member() {
+    let cluster = Cluster::start_with(3, &["--auto-compaction-mode", "periodic", "--auto-compaction-retention", "2s"]);
+    let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+    let mut client = raftkv::client::Client::connect(&[cluster.endpoints()[leader].clone()]).await.unwrap();
+    let first = client.put("auto", "1").await.unwrap().header.unwrap().revision;
+    client.put("auto", "2").await.unwrap();
+    for endpoint in cluster.endpoints() {
+        let mut member = raftkv::client::Client::connect(&[endpoint]).await.unwrap();
+        let req = raftkv::proto::etcdserverpb::RangeRequest {
+            key: "auto".into(),
+            revision: first,
+            serializable: true,
+            ..Default::default()
+        };
+        // Compaction comes a retention (2 s) after the writes, checked every
+        // second: bounded at 30 s, well past that.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match member.range(req.clone()).await {
+                Err(e) if e.to_string().contains("required revision has been compacted") => break,
+                other => assert!(std::time::Instant::now() < deadline, "{other:?}\n{}", cluster.logs()),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert!(cluster.log_of(leader).contains("auto-compacted the history"), "{}", cluster.logs());
 }

@@ -30,6 +30,13 @@ fn etcdctl(args: &[&str], stdin: Option<&str>) -> String {
     stdout.into_owned()
 }
 
+/// Runs etcdctl (API v3), expecting it to fail, and returns its stderr.
+fn etcdctl_fails(args: &[&str]) -> String {
+    let out = Command::new("etcdctl").args(args).env("ETCDCTL_API", "3").output().expect("etcdctl is on the PATH");
+    assert!(!out.status.success(), "etcdctl {args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 async fn cluster() -> Cluster {
     let cluster = Cluster::start(3);
     cluster.wait_leader(Duration::from_secs(15)).await;
@@ -129,4 +136,54 @@ async fn unknown_paths_and_empty_keys_get_plain_http_errors() {
             _ => assert_eq!(status, 404, "{method} {path}: {body}"),
         }
     }
+}
+
+/// History as etcdctl reads it: `get --rev` on every member, `compaction`
+/// (plain and `--physical`), and etcd's errors below the compaction point
+/// and past the current revision.
+#[tokio::test(flavor = "multi_thread")]
+async fn get_at_past_revisions_and_compaction() {
+    let cluster = cluster().await;
+    let urls = cluster.endpoints();
+    tokio::task::spawn_blocking(move || {
+        let all = urls.join(",");
+        let revision = |out: &str| -> i64 {
+            let v: serde_json::Value = serde_json::from_str(out).unwrap();
+            v["header"]["revision"].as_i64().unwrap()
+        };
+        let first = revision(&etcdctl(&["--endpoints", &all, "put", "hist", "v1", "-w", "json"], None));
+        let second = revision(&etcdctl(&["--endpoints", &all, "put", "hist", "v2", "-w", "json"], None));
+        etcdctl(&["--endpoints", &all, "del", "hist"], None);
+        let first_arg = format!("--rev={first}");
+        for url in &urls {
+            // Linearizable, then from each member's own state.
+            let old = etcdctl(&["--endpoints", url, "get", "hist", &first_arg, "--print-value-only"], None);
+            assert_eq!(old.trim(), "v1", "{url}");
+            let local = etcdctl(
+                &["--endpoints", url, "get", "hist", &first_arg, "--print-value-only", "--consistency=s"],
+                None,
+            );
+            assert_eq!(local.trim(), "v1", "{url}, serializable");
+            assert_eq!(etcdctl(&["--endpoints", url, "get", "hist"], None).trim(), "", "deleted now");
+        }
+        let future = etcdctl_fails(&["--endpoints", &all, "get", "hist", "--rev=99999"]);
+        assert!(future.contains("required revision is a future revision"), "{future}");
+
+        let out = etcdctl(&["--endpoints", &all, "compaction", &second.to_string()], None);
+        assert!(out.contains(&format!("compacted revision {second}")), "{out}");
+        for url in &urls {
+            let gone = etcdctl_fails(&["--endpoints", url, "get", "hist", &first_arg]);
+            assert!(gone.contains("required revision has been compacted"), "{url}: {gone}");
+            let kept =
+                etcdctl(&["--endpoints", url, "get", "hist", &format!("--rev={second}"), "--print-value-only"], None);
+            assert_eq!(kept.trim(), "v2", "{url}: the compaction point itself is still readable");
+        }
+        let again = etcdctl_fails(&["--endpoints", &all, "compaction", "--physical", &second.to_string()]);
+        assert!(again.contains("required revision has been compacted"), "{again}");
+        let third = revision(&etcdctl(&["--endpoints", &all, "put", "hist", "v3", "-w", "json"], None));
+        let out = etcdctl(&["--endpoints", &all, "compaction", "--physical", &third.to_string()], None);
+        assert!(out.contains(&format!("compacted revision {third}")), "{out}");
+    })
+    .await
+    .unwrap();
 }

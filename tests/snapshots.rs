@@ -174,3 +174,78 @@ async fn a_corrupt_snapshot_or_log_entry_is_detected_and_named() {
     put_keys(&endpoints[leader], 450..460).await;
     wait_keys(&cluster, (leader + 2) % 3, 460).await;
 }
+
+/// The `h-` keys at each of `revisions`, read from one member's own state:
+/// `None` until that member has applied them all.
+async fn history_of(endpoint: &str, revisions: &[i64]) -> Option<Vec<Vec<(String, String)>>> {
+    let mut client = Client::connect(&[endpoint.to_string()]).await.ok()?;
+    let mut states = Vec::new();
+    for &revision in revisions {
+        let req = RangeRequest {
+            key: "h-".into(),
+            range_end: "h.".into(),
+            serializable: true,
+            revision,
+            ..Default::default()
+        };
+        let resp = client.range(req).await.ok()?;
+        let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+        states.push(resp.kvs.iter().map(|kv| (text(&kv.key), text(&kv.value))).collect());
+    }
+    Some(states)
+}
+
+/// Waits until member `i` answers every revision as `want`.
+async fn wait_history(cluster: &Cluster, i: usize, revisions: &[i64], want: &[Vec<(String, String)>]) {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let got = history_of(&cluster.endpoints()[i], revisions).await;
+        if got.as_deref() == Some(want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "member {i} answers the history otherwise: {got:?}\n{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_travels_in_snapshots_and_survives_sigkill_of_every_member() {
+    let mut cluster = Cluster::start_with(3, &SNAPSHOT_ARGS);
+    let leader = cluster.wait_leader(LIMIT).await;
+    let lagging = (leader + 1) % 3;
+    cluster.kill(lagging);
+    // 300 writes over 30 keys, a third of them deletions: several
+    // snapshots, each holding history, while one member is down.
+    let mut client = Client::connect(&[cluster.endpoints()[leader].clone()]).await.unwrap();
+    for i in 0..300 {
+        // Every third write deletes the key the write before it put.
+        let key = format!("h-{:02}", if i % 3 == 2 { (i - 1) % 30 } else { i % 30 });
+        if i % 3 == 2 {
+            let req = raftkv::proto::etcdserverpb::DeleteRangeRequest { key: key.into(), ..Default::default() };
+            client.delete(req).await.unwrap();
+        } else {
+            client.put(key, format!("v{i}")).await.unwrap();
+        }
+    }
+    assert!(cluster.log_of(leader).contains("log compacted"), "{}", cluster.logs());
+    let revisions: Vec<i64> = (1..=301).step_by(7).chain([301]).collect();
+    let want = history_of(&cluster.endpoints()[leader], &revisions).await.expect("the leader answers");
+    assert!(want.iter().any(|s| !s.is_empty()) && want[0].is_empty(), "{want:?}");
+
+    // The lagging member gets the history through InstallSnapshot.
+    cluster.start_member(lagging);
+    wait_history(&cluster, lagging, &revisions, &want).await;
+    assert!(cluster.log_of(lagging).contains("installed the leader's snapshot"), "{}", cluster.logs());
+
+    // Every member killed at once rebuilds it from snapshot plus log tail.
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    for i in 0..3 {
+        cluster.start_member(i);
+    }
+    cluster.wait_leader(LIMIT).await;
+    for i in 0..3 {
+        wait_history(&cluster, i, &revisions, &want).await;
+    }
+}

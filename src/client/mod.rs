@@ -20,8 +20,8 @@ use crate::proto::etcdserverpb::cluster_client::ClusterClient;
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use crate::proto::etcdserverpb::{
-    DeleteRangeRequest, DeleteRangeResponse, MemberListRequest, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    StatusRequest, StatusResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, MemberListRequest, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse,
 };
 
 /// The endpoints of the cluster `raftkv dev` starts.
@@ -161,6 +161,14 @@ impl Client {
     pub async fn delete(&mut self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, ClientError> {
         let channel = self.write_channel().await;
         let result = KvClient::new(channel).delete_range(req).await;
+        self.after_write(result)
+    }
+
+    /// Compacts the history up to `revision` (a write: never retried, since
+    /// a retry of one that applied would answer "compacted").
+    pub async fn compact(&mut self, revision: i64) -> Result<CompactionResponse, ClientError> {
+        let channel = self.write_channel().await;
+        let result = KvClient::new(channel).compact(CompactionRequest { revision, physical: true }).await;
         self.after_write(result)
     }
 

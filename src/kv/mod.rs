@@ -11,9 +11,12 @@
 //!   transaction runs against an O(1) copy of the persistent map that replaces
 //!   the live one only on success. The same O(1) copy is the snapshot's cut.
 //!
-//! No history is kept: a read at an older revision is answered as etcd
-//! answers a compacted one.
+//! - Every revision since the compaction point is kept ([`history`]), so a
+//!   read may ask for any revision from [`KvStore::compact_revision`] on; a
+//!   compaction (itself a command, so every member compacts at the same
+//!   point) drops what reads from then on cannot see.
 
+mod history;
 mod range;
 mod txn;
 
@@ -21,12 +24,14 @@ use bytes::Bytes;
 use imbl::OrdMap;
 
 use crate::proto::etcdserverpb::{
-    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseOp,
-    response_op,
+    CompactionRequest, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    ResponseOp, response_op,
 };
 use crate::proto::mvccpb::KeyValue;
 use crate::proto::raftkvpb::{Command, command};
+use crate::proto::{SnapshotHeader, SnapshotMeta};
 
+pub use history::History;
 pub use range::{KeyRange, prefix_end};
 
 /// Most operations one transaction may hold (etcd's `--max-txn-ops` default).
@@ -58,7 +63,10 @@ pub enum KvError {
 
 #[derive(Clone, Debug)]
 pub struct KvStore {
+    /// The live keys at `revision`: what most reads want, without a walk
+    /// through history.
     map: OrdMap<Bytes, KeyValue>,
+    history: History,
     revision: i64,
 }
 
@@ -70,7 +78,7 @@ impl Default for KvStore {
 
 impl KvStore {
     pub fn new() -> KvStore {
-        KvStore { map: OrdMap::new(), revision: 1 }
+        KvStore { map: OrdMap::new(), history: History::starting_at(1), revision: 1 }
     }
 
     /// The store's current revision.
@@ -78,14 +86,40 @@ impl KvStore {
         self.revision
     }
 
-    /// A store rebuilt from a snapshot's records (in any order).
-    pub fn from_records(revision: i64, records: impl IntoIterator<Item = KeyValue>) -> KvStore {
-        KvStore { map: records.into_iter().map(|kv| (kv.key.clone(), kv)).collect(), revision }
+    /// The oldest revision a read may ask for.
+    pub fn compact_revision(&self) -> i64 {
+        self.history.oldest()
     }
 
-    /// Every key's record, in key order: what a snapshot holds.
+    /// A store rebuilt from a snapshot's records, in any order: every
+    /// record from `oldest` on (tombstones included), at `revision`.
+    pub fn from_records(revision: i64, oldest: i64, records: impl IntoIterator<Item = KeyValue>) -> KvStore {
+        let (history, live) = History::rebuilt(oldest, records);
+        let map = live.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+        KvStore { map, history, revision }
+    }
+
+    /// A store rebuilt from a snapshot with this header.
+    pub fn from_snapshot(header: &SnapshotHeader, records: impl IntoIterator<Item = KeyValue>) -> KvStore {
+        // Written before history was kept: live keys only.
+        let oldest = if header.compact_revision > 0 { header.compact_revision } else { header.revision };
+        KvStore::from_records(header.revision, oldest, records)
+    }
+
+    /// The header of a snapshot of this store taken at `meta`.
+    pub fn snapshot_header(&self, meta: SnapshotMeta) -> SnapshotHeader {
+        SnapshotHeader { meta: Some(meta), revision: self.revision, compact_revision: self.compact_revision() }
+    }
+
+    /// Every record the history holds, tombstones included, in key then
+    /// revision order: what a snapshot holds.
     pub fn records(&self) -> impl Iterator<Item = &KeyValue> {
-        self.map.values()
+        self.history.records()
+    }
+
+    /// Records the history holds: what a snapshot writes.
+    pub fn records_len(&self) -> usize {
+        self.history.record_count()
     }
 
     pub fn len(&self) -> usize {
@@ -110,13 +144,25 @@ impl KvStore {
             // A transaction may fail after earlier operations changed the
             // map: it works on an O(1) copy that replaces the map on success.
             Some(command::Request::Txn(req)) => {
-                let mut write = Write { map: self.map.clone(), revision: self.revision + 1, changed: false };
+                let mut write = Write {
+                    map: self.map.clone(),
+                    history: self.history.clone(),
+                    revision: self.revision + 1,
+                    changed: false,
+                };
                 let response = write.txn(req)?;
                 if write.changed {
                     self.map = write.map;
+                    self.history = write.history;
                     self.revision = write.revision;
                 }
                 response_op::Response::ResponseTxn(response)
+            }
+            // A compaction answers with no response of its own: the caller
+            // builds etcd's CompactionResponse around the revision.
+            Some(command::Request::Compaction(req)) => {
+                self.compact(req)?;
+                return Ok(ResponseOp { response: None });
             }
             None => return Err(KvError::EmptyCommand),
         };
@@ -126,9 +172,11 @@ impl KvStore {
     /// Runs a single-change command on the live map.
     fn write_in_place<T>(&mut self, op: impl FnOnce(&mut Write) -> Result<T, KvError>) -> Result<T, KvError> {
         let map = std::mem::take(&mut self.map);
-        let mut write = Write { map, revision: self.revision + 1, changed: false };
+        let history = std::mem::take(&mut self.history);
+        let mut write = Write { map, history, revision: self.revision + 1, changed: false };
         let result = op(&mut write);
         self.map = write.map;
+        self.history = write.history;
         if write.changed {
             self.revision = write.revision;
         }
@@ -137,7 +185,23 @@ impl KvStore {
 
     /// Serves a read against the current state.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, KvError> {
-        range::range(&self.map, self.revision, req)
+        read(&self.map, &self.history, self.revision, req)
+    }
+
+    /// etcd's compaction: reads below `req.revision` are refused from now
+    /// on, and what only they could see is dropped.
+    fn compact(&mut self, req: &CompactionRequest) -> Result<(), KvError> {
+        if req.revision > self.revision {
+            return Err(KvError::FutureRevision);
+        }
+        // A new store's history starts at 1 uncompacted: etcd lets the first
+        // compaction be at 1, and refuses any at or below one already done.
+        let oldest = self.history.oldest();
+        if req.revision < oldest || (req.revision == oldest && oldest > 1) {
+            return Err(KvError::Compacted);
+        }
+        self.history.compact(req.revision);
+        Ok(())
     }
 
     /// A checksum of every key, value and revision, equal on members that
@@ -158,9 +222,31 @@ impl KvStore {
     }
 }
 
+/// Answers `req` from `map`, the live keys at revision `current`, or from
+/// `history` for an older revision.
+fn read(
+    map: &OrdMap<Bytes, KeyValue>,
+    history: &History,
+    current: i64,
+    req: &RangeRequest,
+) -> Result<RangeResponse, KvError> {
+    let keys = KeyRange::new(&req.key, &req.range_end)?;
+    if req.revision > current {
+        return Err(KvError::FutureRevision);
+    }
+    if req.revision > 0 && req.revision < history.oldest() {
+        return Err(KvError::Compacted);
+    }
+    if req.revision <= 0 || req.revision == current {
+        return Ok(range::range(keys.scan(map).map(|(_, kv)| kv), req));
+    }
+    Ok(range::range(history.at(&keys, req.revision), req))
+}
+
 /// One command's writes, against a copy of the map, all at one revision.
 struct Write {
     map: OrdMap<Bytes, KeyValue>,
+    history: History,
     revision: i64,
     changed: bool,
 }
@@ -192,6 +278,7 @@ impl Write {
             value,
             lease: 0,
         };
+        self.history.record(kv.clone());
         self.map.insert(req.key.clone(), kv);
         self.changed = true;
         Ok(PutResponse { header: None, prev_kv: if req.prev_kv { prev } else { None } })
@@ -203,6 +290,7 @@ impl Write {
         let mut prev_kvs = Vec::new();
         for key in &keys {
             let prev = self.map.remove(key).expect("key was just scanned");
+            self.history.record_deletion(key.clone(), self.revision);
             if req.prev_kv {
                 prev_kvs.push(prev);
             }
@@ -219,6 +307,10 @@ pub fn put_command(req: PutRequest) -> Command {
 
 pub fn delete_command(req: DeleteRangeRequest) -> Command {
     Command { request: Some(command::Request::DeleteRange(req)) }
+}
+
+pub fn compaction_command(req: CompactionRequest) -> Command {
+    Command { request: Some(command::Request::Compaction(req)) }
 }
 
 pub fn txn_command(req: crate::proto::etcdserverpb::TxnRequest) -> Command {

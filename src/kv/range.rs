@@ -55,22 +55,13 @@ impl KeyRange {
     }
 }
 
-pub(super) fn range(
-    map: &OrdMap<Bytes, KeyValue>,
-    revision: i64,
-    req: &RangeRequest,
-) -> Result<RangeResponse, KvError> {
-    let range = KeyRange::new(&req.key, &req.range_end)?;
-    if req.revision > revision {
-        return Err(KvError::FutureRevision);
-    }
-    if req.revision > 0 && req.revision < revision {
-        return Err(KvError::Compacted);
-    }
+/// Answers `req` from `live`, the live records of its range in key order
+/// (the caller has checked the range and the revision).
+pub(super) fn range<'a>(live: impl Iterator<Item = &'a KeyValue>, req: &RangeRequest) -> RangeResponse {
     let within = |n: i64, min: i64, max: i64| (min == 0 || n >= min) && (max == 0 || n <= max);
     let mut count = 0i64;
     let mut kvs: Vec<KeyValue> = Vec::new();
-    for (_, kv) in range.scan(map) {
+    for kv in live {
         count += 1;
         if req.count_only {
             continue;
@@ -92,7 +83,7 @@ pub(super) fn range(
             kv.value = Bytes::new();
         }
     }
-    Ok(RangeResponse { header: None, kvs, more, count })
+    RangeResponse { header: None, kvs, more, count }
 }
 
 fn sort(kvs: &mut [KeyValue], req: &RangeRequest) {

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use super::*;
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
-use crate::proto::etcdserverpb::{Compare, RequestOp, TxnRequest, TxnResponse, request_op};
+use crate::proto::etcdserverpb::{CompactionRequest, Compare, RequestOp, TxnRequest, TxnResponse, request_op};
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -136,16 +136,128 @@ fn range_sorts_and_filters() {
     assert_eq!(keys(&kv.range(&req).unwrap()), ["b", "c"]);
 }
 
+fn at(kv: &KvStore, key: &str, end: &str, revision: i64) -> Result<RangeResponse, KvError> {
+    kv.range(&RangeRequest { key: b(key), range_end: b(end), revision, ..Default::default() })
+}
+
+fn compact(kv: &mut KvStore, revision: i64) -> Result<ResponseOp, KvError> {
+    kv.apply(&compaction_command(CompactionRequest { revision, physical: false }))
+}
+
 #[test]
-fn range_at_old_or_future_revision_is_refused() {
+fn range_at_a_past_revision_sees_the_state_then() {
     let mut kv = KvStore::new();
-    put(&mut kv, "a", "1");
-    put(&mut kv, "a", "2");
-    let at = |rev| kv.range(&RangeRequest { key: b("a"), revision: rev, ..Default::default() });
-    assert_eq!(at(99), Err(KvError::FutureRevision));
-    assert_eq!(at(2), Err(KvError::Compacted));
-    assert_eq!(at(3).unwrap().kvs[0].value, b("2"));
+    put(&mut kv, "a", "1"); // 2
+    put(&mut kv, "a", "2"); // 3
+    put(&mut kv, "b", "1"); // 4
+    del(&mut kv, "a", ""); // 5
+    put(&mut kv, "a", "3"); // 6: a new life of "a"
+    assert_eq!(at(&kv, "a", "", 99), Err(KvError::FutureRevision));
+    assert_eq!(at(&kv, "a", "", 1).unwrap().kvs, vec![], "revision 1 is the empty store");
+    assert_eq!(at(&kv, "a", "", 2).unwrap().kvs[0].value, b("1"));
+    let a3 = at(&kv, "a", "", 3).unwrap().kvs[0].clone();
+    assert_eq!((a3.value, a3.create_revision, a3.mod_revision, a3.version), (b("2"), 2, 3, 2));
+    let five = at(&kv, "a", "\0", 5).unwrap();
+    assert_eq!((keys(&five), five.count), (vec!["b".to_string()], 1), "deleted at 5");
+    let a6 = at(&kv, "a", "", 6).unwrap().kvs[0].clone();
+    assert_eq!((a6.create_revision, a6.version), (6, 1), "re-created: new create revision, version 1");
+    assert_eq!(at(&kv, "a", "", 0).unwrap().kvs[0].value, b("3"), "0 is the current revision");
     assert_eq!(kv.range(&RangeRequest::default()), Err(KvError::KeyNotProvided));
+}
+
+#[test]
+fn compaction_refuses_older_reads_and_keeps_newer_ones_exact() {
+    let mut kv = KvStore::new();
+    put(&mut kv, "a", "1"); // 2
+    put(&mut kv, "b", "1"); // 3
+    del(&mut kv, "b", ""); // 4
+    put(&mut kv, "a", "2"); // 5
+    put(&mut kv, "c", "1"); // 6
+    let before: Vec<_> = (3..=6).map(|r| at(&kv, "a", "\0", r).unwrap()).collect();
+    assert_eq!(compact(&mut kv, 99), Err(KvError::FutureRevision));
+    compact(&mut kv, 3).unwrap();
+    assert_eq!(compact(&mut kv, 3), Err(KvError::Compacted), "already compacted there");
+    let mut fresh = KvStore::new();
+    assert!(compact(&mut fresh, 1).is_ok(), "as in etcd, a new store may compact at 1");
+    assert_eq!(compact(&mut kv, 2), Err(KvError::Compacted));
+    assert_eq!(at(&kv, "a", "", 2), Err(KvError::Compacted));
+    let after: Vec<_> = (3..=6).map(|r| at(&kv, "a", "\0", r).unwrap()).collect();
+    assert_eq!(before, after, "reads from the compaction point on are unchanged");
+    compact(&mut kv, 5).unwrap();
+    assert_eq!(kv.compact_revision(), 5);
+    assert_eq!(keys(&at(&kv, "a", "\0", 5).unwrap()), ["a"]);
+    // Only what a read at 5 or later can see is left: a@5 and c@6.
+    let left: Vec<_> = kv.records().map(|r| (r.key.clone(), r.mod_revision)).collect();
+    assert_eq!(left, vec![(b("a"), 5), (b("c"), 6)]);
+    assert_eq!(kv.revision(), 6, "a compaction makes no revision");
+}
+
+#[test]
+fn history_matches_a_model_of_every_revision() {
+    use rand::{Rng, SeedableRng};
+    use std::collections::BTreeMap;
+    let names = ["a", "ab", "b", "ba", "c", "d"];
+    for seed in 0..20u64 {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+        let mut kv = KvStore::new();
+        // The whole state at every revision.
+        let mut model: BTreeMap<i64, BTreeMap<Bytes, KeyValue>> = BTreeMap::from([(1, BTreeMap::new())]);
+        for step in 0..200 {
+            let k = names[rng.random_range(0..names.len())];
+            match rng.random_range(0..10) {
+                0..=5 => {
+                    put(&mut kv, k, &format!("{seed}-{step}"));
+                }
+                6 | 7 => {
+                    let end = if rng.random_bool(0.5) { "" } else { names[rng.random_range(0..names.len())] };
+                    del(&mut kv, k, end);
+                }
+                8 => {
+                    let k2 = names[rng.random_range(0..names.len())];
+                    let ops = if k == k2 { vec![op_put(k, "t")] } else { vec![op_put(k, "t1"), op_put(k2, "t2")] };
+                    txn(&mut kv, TxnRequest { success: ops, ..Default::default() }).unwrap();
+                }
+                _ => {
+                    let oldest = kv.compact_revision();
+                    if kv.revision() > oldest {
+                        let to = rng.random_range(oldest + 1..=kv.revision());
+                        compact(&mut kv, to).unwrap();
+                    }
+                }
+            }
+            let now: BTreeMap<Bytes, KeyValue> =
+                get(&kv, "\0", "\0").kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+            model.insert(kv.revision(), now);
+        }
+        for (&revision, _) in model.range(..kv.compact_revision()) {
+            assert_eq!(at(&kv, "a", "\0", revision), Err(KvError::Compacted), "seed {seed} rev {revision}");
+        }
+        // Revisions without an entry did not exist as states of their own:
+        // each answers as the newest state at or before it.
+        for revision in kv.compact_revision()..=kv.revision() {
+            let (_, want) = model.range(..=revision).next_back().unwrap();
+            let (start, end) = (names[rng.random_range(0..names.len())], names[rng.random_range(0..names.len())]);
+            let got = at(&kv, start, end, revision).unwrap();
+            let want: Vec<KeyValue> = want
+                .values()
+                .filter(|kv| kv.key.as_ref() >= start.as_bytes() && kv.key.as_ref() < end.as_bytes())
+                .cloned()
+                .collect();
+            assert_eq!((got.kvs, got.count), (want.clone(), want.len() as i64), "seed {seed} rev {revision}");
+            let all = at(&kv, "\0", "\0", revision).unwrap();
+            let want_all: Vec<KeyValue> = model.range(..=revision).next_back().unwrap().1.values().cloned().collect();
+            assert_eq!(all.kvs, want_all, "seed {seed} rev {revision}");
+        }
+        // A snapshot of the store rebuilds the same history.
+        let header = kv.snapshot_header(crate::proto::SnapshotMeta::default());
+        let restored = KvStore::from_snapshot(&header, kv.records().cloned());
+        for revision in kv.compact_revision()..=kv.revision() {
+            assert_eq!(at(&restored, "\0", "\0", revision), at(&kv, "\0", "\0", revision), "seed {seed}");
+        }
+        if kv.compact_revision() > 1 {
+            assert_eq!(at(&restored, "a", "", kv.compact_revision() - 1), Err(KvError::Compacted));
+        }
+    }
 }
 
 #[test]

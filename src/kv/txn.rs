@@ -3,10 +3,12 @@
 
 use std::cmp::Ordering;
 
-use super::range::{self, KeyRange};
+use super::range::KeyRange;
 use super::{KvError, MAX_TXN_OPS, Write};
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
-use crate::proto::etcdserverpb::{Compare, RequestOp, ResponseOp, TxnRequest, TxnResponse, request_op, response_op};
+use crate::proto::etcdserverpb::{
+    Compare, RangeRequest, RangeResponse, RequestOp, ResponseOp, TxnRequest, TxnResponse, request_op, response_op,
+};
 use crate::proto::mvccpb::KeyValue;
 
 impl Write {
@@ -23,11 +25,7 @@ impl Write {
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             let response = match &op.request {
-                Some(request_op::Request::RequestRange(r)) => {
-                    // Reads inside a transaction see its earlier writes.
-                    let current = if self.changed { self.revision } else { self.revision - 1 };
-                    response_op::Response::ResponseRange(range::range(&self.map, current, r)?)
-                }
+                Some(request_op::Request::RequestRange(r)) => response_op::Response::ResponseRange(self.range(r)?),
                 Some(request_op::Request::RequestPut(r)) => response_op::Response::ResponsePut(self.put(r)?),
                 Some(request_op::Request::RequestDeleteRange(r)) => {
                     response_op::Response::ResponseDeleteRange(self.delete_range(r)?)
@@ -38,6 +36,13 @@ impl Write {
             responses.push(ResponseOp { response: Some(response) });
         }
         Ok(TxnResponse { header: None, succeeded, responses })
+    }
+
+    /// A read inside a transaction: at the current revision it sees the
+    /// transaction's earlier writes.
+    fn range(&self, req: &RangeRequest) -> Result<RangeResponse, KvError> {
+        let current = if self.changed { self.revision } else { self.revision - 1 };
+        super::read(&self.map, &self.history, current, req)
     }
 
     /// etcd's comparison: every key in the range must satisfy it; against no

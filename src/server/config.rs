@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::compactor::AutoCompaction;
+
 /// Settings as given: every field optional, so that flags, environment and
 /// file can be layered.
 #[derive(Clone, Debug, Default, Deserialize, clap::Args)]
@@ -59,6 +61,15 @@ pub struct ServerArgs {
     /// a follower a little behind catches up from the log, not a snapshot.
     #[arg(long, env = "RAFTKV_SNAPSHOT_CATCHUP_ENTRIES")]
     pub snapshot_catchup_entries: Option<u64>,
+    /// `periodic` (keep --auto-compaction-retention worth of time) or
+    /// `revision` (keep that many revisions), as etcd. Default periodic.
+    #[arg(long, env = "RAFTKV_AUTO_COMPACTION_MODE")]
+    pub auto_compaction_mode: Option<String>,
+    /// History to keep: a duration such as 30m or 1h (a bare number is
+    /// hours) in periodic mode, a number of revisions in revision mode. 0,
+    /// the default as in etcd, keeps every revision until a Compact.
+    #[arg(long, env = "RAFTKV_AUTO_COMPACTION_RETENTION")]
+    pub auto_compaction_retention: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +106,7 @@ pub struct Settings {
     pub max_request_bytes: usize,
     pub snapshot_entries: u64,
     pub snapshot_catchup_entries: u64,
+    pub auto_compaction: AutoCompaction,
 }
 
 impl Settings {
@@ -127,6 +139,8 @@ impl ServerArgs {
             max_request_bytes: self.max_request_bytes.or(file.max_request_bytes),
             snapshot_entries: self.snapshot_entries.or(file.snapshot_entries),
             snapshot_catchup_entries: self.snapshot_catchup_entries.or(file.snapshot_catchup_entries),
+            auto_compaction_mode: self.auto_compaction_mode.or(file.auto_compaction_mode),
+            auto_compaction_retention: self.auto_compaction_retention.or(file.auto_compaction_retention),
         }
     }
 
@@ -176,6 +190,11 @@ impl ServerArgs {
         if snapshot_entries == 0 {
             return Err(invalid("snapshot-entries", "must be positive"));
         }
+        let auto_compaction = AutoCompaction::parse(
+            self.auto_compaction_mode.as_deref().unwrap_or("periodic"),
+            self.auto_compaction_retention.as_deref().unwrap_or("0"),
+        )
+        .map_err(|reason| invalid("auto-compaction", reason))?;
         let mut ids: Vec<u64> = members.iter().map(|m| m.id).collect();
         ids.sort_unstable();
         Ok(Settings {
@@ -192,6 +211,7 @@ impl ServerArgs {
             max_request_bytes,
             snapshot_entries,
             snapshot_catchup_entries: self.snapshot_catchup_entries.unwrap_or(5_000),
+            auto_compaction,
         })
     }
 }

@@ -79,11 +79,23 @@ impl Kv for KvService {
         Ok(Response::new(resp))
     }
 
-    async fn compact(&self, _: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
-        Err(Status::unimplemented(
-            "raftkv keeps no history of old revisions, so there is nothing to compact: Compact is not supported",
-        ))
+    /// Compacts through the log, so every member compacts at the same
+    /// revision. Applying it drops the history at once, so the answer is
+    /// the same with or without `physical`.
+    async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        let req = request.into_inner();
+        let (_, revision, term) = self.0.write(kv::compaction_command(req)).await?;
+        Ok(Response::new(CompactionResponse { header: Some(self.0.header(revision, term)) }))
     }
+}
+
+/// Answers a `Range`, header included.
+pub(super) async fn range(shared: &Shared, req: RangeRequest) -> Result<RangeResponse, Status> {
+    shared.check_size(req.encoded_len())?;
+    require_key(&req.key)?;
+    let (mut resp, revision) = shared.range(req).await?;
+    resp.header = Some(shared.header(revision, shared.status.borrow().term));
+    Ok(resp)
 }
 
 /// etcd gives every response inside a transaction a header holding the

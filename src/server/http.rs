@@ -6,6 +6,9 @@
 //! - `PUT /v1/kv/{key}` with the raw value as body; `DELETE /v1/kv/{key}`;
 //! - `GET /v1/kv?prefix=p`: every key with that prefix, as JSON (also
 //!   `&serializable=true`);
+//! - both reads take `rev=N`: the state at revision N, while the history
+//!   still holds it (400 with etcd's "compacted" or "future revision" text
+//!   otherwise);
 //! - `GET /v1/status`: this member's Raft and store status, as JSON;
 //! - `GET /healthz`: 200 when this member knows a leader, else 503;
 //! - `GET /version`: the etcd version whose API is served, and raftkv's own;
@@ -77,6 +80,16 @@ pub fn is_no_quorum(message: &str) -> bool {
     message.contains("no leader") || message.contains("request timed out")
 }
 
+/// The `rev` query parameter: 0 (the current revision) when absent.
+fn revision_param(q: &HashMap<String, String>) -> Result<i64, HttpError> {
+    match q.get("rev") {
+        None => Ok(0),
+        Some(v) => v.parse::<i64>().ok().filter(|r| *r >= 0).ok_or_else(|| {
+            HttpError(StatusCode::BAD_REQUEST, format!("rev must be a revision (a whole number from 0), not `{v}`"))
+        }),
+    }
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -87,7 +100,8 @@ async fn get_key(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, HttpError> {
     let serializable = q.get("serializable").is_some_and(|v| v == "true");
-    let req = RangeRequest { key: key.into(), serializable, ..Default::default() };
+    let revision = revision_param(&q)?;
+    let req = RangeRequest { key: key.into(), serializable, revision, ..Default::default() };
     let (resp, _) = shared.range(req).await?;
     let consistency = if serializable { "serializable" } else { "linearizable" };
     match resp.kvs.into_iter().next() {
@@ -123,12 +137,14 @@ async fn list(
 ) -> Result<Response, HttpError> {
     let prefix = q.get("prefix").cloned().unwrap_or_default();
     let serializable = q.get("serializable").is_some_and(|v| v == "true");
+    let revision = revision_param(&q)?;
     let (key, range_end) = if prefix.is_empty() {
         (vec![0u8], vec![0u8])
     } else {
         (prefix.clone().into_bytes(), kv::prefix_end(prefix.as_bytes()))
     };
-    let req = RangeRequest { key: key.into(), range_end: range_end.into(), serializable, ..Default::default() };
+    let req =
+        RangeRequest { key: key.into(), range_end: range_end.into(), serializable, revision, ..Default::default() };
     let (resp, revision) = shared.range(req).await?;
     let consistency = if serializable { "serializable" } else { "linearizable" };
     let kvs: Vec<_> = resp

@@ -6,6 +6,7 @@
 //! does), and runs the [`node`] driver until told to stop.
 
 pub mod authority;
+pub mod compactor;
 pub mod config;
 pub mod encoded_range;
 pub mod forward;
@@ -198,6 +199,7 @@ pub async fn serve(settings: Settings, stop: watch::Receiver<bool>) -> Result<()
                 .map_err(|source| ServerError::Serve { what: "client", source })
         });
     }
+    let compactor = tokio::spawn(compactor::run(shared.clone(), settings.auto_compaction.clone(), stop.clone()));
     tracing::info!(
         name = settings.name,
         member = format!("{:x}", settings.member_id),
@@ -219,6 +221,7 @@ pub async fn serve(settings: Settings, stop: watch::Receiver<bool>) -> Result<()
         read_round_ticks: u64::from(settings.election_ticks),
     });
     let result = run_node_thread(node, node_rx, settings.heartbeat, stop.clone()).await;
+    compactor.abort();
     drop(shared);
     // The node is done (stopped or failed): the listeners go too.
     servers.abort_all();

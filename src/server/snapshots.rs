@@ -169,7 +169,7 @@ pub async fn receive(
             tokio::task::spawn_blocking(move || {
                 dir.accept(&tmp, &meta).map(|(path, loaded)| {
                     let keys = loaded.records.len();
-                    (path, keys, KvStore::from_records(loaded.header.revision, loaded.records))
+                    (path, keys, KvStore::from_snapshot(&loaded.header, loaded.records))
                 })
             })
             .await

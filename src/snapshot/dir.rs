@@ -150,12 +150,41 @@ impl SnapshotDir {
     }
 }
 
+/// Most bytes a snapshot file holds unsynced while it is written.
+const SYNC_EVERY_BYTES: u64 = 8 << 20;
+
+/// A file synced every [`SYNC_EVERY_BYTES`] as it is written. Left to the
+/// kernel, a snapshot's hundreds of megabytes sit dirty in the page cache and
+/// are written back in one burst that the log's next synced write waits
+/// behind (measured: 100-500 ms stalls of every write); a few megabytes at a
+/// time keeps each such wait short.
+struct SyncedAsWritten {
+    file: File,
+    unsynced: u64,
+}
+
+impl std::io::Write for SyncedAsWritten {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.unsynced += n as u64;
+        if self.unsynced >= SYNC_EVERY_BYTES {
+            self.file.sync_data()?;
+            self.unsynced = 0;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn header(index: u64, term: u64) -> SnapshotHeader {
-        SnapshotHeader { meta: Some(SnapshotMeta { index, term, conf: None }), revision: 1 }
+        SnapshotHeader { meta: Some(SnapshotMeta { index, term, conf: None }), revision: 1, compact_revision: 1 }
     }
 
     #[test]
@@ -185,34 +214,5 @@ mod tests {
         fs::write(dir.temp_path(6, 1), b"left by a crash").unwrap();
         let dir = SnapshotDir::open(tmp.path()).unwrap();
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
-    }
-}
-
-/// Most bytes a snapshot file holds unsynced while it is written.
-const SYNC_EVERY_BYTES: u64 = 8 << 20;
-
-/// A file synced every [`SYNC_EVERY_BYTES`] as it is written. Left to the
-/// kernel, a snapshot's hundreds of megabytes sit dirty in the page cache and
-/// are written back in one burst that the log's next synced write waits
-/// behind (measured: 100-500 ms stalls of every write); a few megabytes at a
-/// time keeps each such wait short.
-struct SyncedAsWritten {
-    file: File,
-    unsynced: u64,
-}
-
-impl std::io::Write for SyncedAsWritten {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.unsynced += n as u64;
-        if self.unsynced >= SYNC_EVERY_BYTES {
-            self.file.sync_data()?;
-            self.unsynced = 0;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
     }
 }

@@ -231,6 +231,7 @@ mod tests {
         SnapshotHeader {
             meta: Some(SnapshotMeta { index: 42, term: 3, conf: Some(ConfState::with_voters([1, 2, 3])) }),
             revision: 17,
+            compact_revision: 5,
         }
     }
 

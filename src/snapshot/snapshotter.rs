@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use super::file;
 use super::{Result, SnapshotDir, SnapshotError};
 use crate::kv::KvStore;
-use crate::proto::{SnapshotHeader, SnapshotMeta};
+use crate::proto::SnapshotMeta;
 use crate::raft::InitialState;
 
 /// Most keys a snapshot may write per entry applied since the previous one.
@@ -68,14 +68,14 @@ impl Snapshotter {
     pub fn start(&mut self, meta: SnapshotMeta, kv: KvStore, done: impl FnOnce(Result<Taken>) + Send + 'static) {
         self.running = true;
         let dir = self.dir.clone();
-        let header = SnapshotHeader { meta: Some(meta.clone()), revision: kv.revision() };
+        let header = kv.snapshot_header(meta.clone());
         let spawned = std::thread::Builder::new().name("snapshot".into()).spawn(move || {
             let started = Instant::now();
             let result = dir.save(&header, kv.records()).map(|(path, bytes)| Taken {
                 meta,
                 path,
                 bytes,
-                records: kv.len(),
+                records: kv.records_len(),
                 took: started.elapsed(),
             });
             done(result);
@@ -168,7 +168,7 @@ pub fn recover(dir: &SnapshotDir, state: &InitialState) -> Result<Option<Recover
                     continue;
                 }
                 let previous = files.get(i + 1).map_or(0, |p| p.index);
-                let kv = KvStore::from_records(loaded.header.revision, loaded.records);
+                let kv = KvStore::from_snapshot(&loaded.header, loaded.records);
                 return Ok(Some(Recovered { meta, kv, path: f.path.clone(), previous }));
             }
             Err(e @ SnapshotError::Corrupt { .. }) => {
@@ -195,6 +195,7 @@ mod tests {
     fn kv_with(n: usize, revision: i64) -> KvStore {
         KvStore::from_records(
             revision,
+            1,
             (0..n).map(|i| KeyValue {
                 key: Bytes::from(format!("k{i}")),
                 value: Bytes::from("v"),
@@ -207,7 +208,7 @@ mod tests {
     }
 
     fn save(dir: &SnapshotDir, index: u64, term: u64, kv: &KvStore) -> PathBuf {
-        let header = SnapshotHeader { meta: Some(SnapshotMeta { index, term, conf: None }), revision: kv.revision() };
+        let header = kv.snapshot_header(SnapshotMeta { index, term, conf: None });
         dir.save(&header, kv.records()).unwrap().0
     }
 

@@ -121,6 +121,8 @@ pub struct NodeStatus {
     pub commit: u64,
     pub applied: u64,
     pub revision: i64,
+    /// The oldest revision reads may ask for.
+    pub compact_revision: i64,
     pub is_learner: bool,
 }
 
@@ -328,7 +330,7 @@ impl Node {
     /// Starts a snapshot if enough was applied since the last one.
     fn maybe_snapshot(&mut self) {
         let applied = self.raft.applied_index();
-        if !self.snapshotter.due(applied, self.kv.len()) {
+        if !self.snapshotter.due(applied, self.kv.records_len()) {
             return;
         }
         let Some(term) = self.raft.log_term(applied) else { return };
@@ -423,6 +425,7 @@ impl Node {
             commit: self.raft.commit_index(),
             applied: self.raft.applied_index(),
             revision: self.kv.revision(),
+            compact_revision: self.kv.compact_revision(),
             is_learner: self.raft.conf().learners.contains(&self.raft.id()),
         };
         let previous = self.status.borrow().clone();

@@ -1,0 +1,149 @@
+//! Every revision of every key since the compaction point, as etcd's MVCC
+//! keeps them, so a read may ask for the state at any revision still held.
+//!
+//! - `versions` maps (key, revision) to the key's record as of that revision.
+//!   A deletion is a tombstone: a record with `version` 0, which no live key
+//!   has (a live key's version counts from 1).
+//! - `changes` maps each revision to the keys it changed: what compaction
+//!   walks, so compacting costs in proportion to the revisions it drops, not
+//!   to the size of the map.
+//! - After a compaction at `c`, each key keeps its newest record at or below
+//!   `c` unless that is a tombstone, and every record above `c`: a read at any
+//!   revision from `c` on answers exactly as before the compaction. Reads
+//!   below `c` are refused.
+//!
+//! Both maps are persistent, so the store's O(1) copy (a transaction's
+//! scratch state, a snapshot's cut, a read's view) copies history too.
+
+use std::ops::Bound;
+
+use bytes::Bytes;
+use imbl::{OrdMap, Vector};
+
+use super::range::KeyRange;
+use crate::proto::mvccpb::KeyValue;
+
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    versions: OrdMap<(Bytes, i64), KeyValue>,
+    changes: OrdMap<i64, Vector<Bytes>>,
+    /// The oldest revision a read may ask for.
+    oldest: i64,
+}
+
+impl History {
+    /// An empty history whose reads may start at `oldest`.
+    pub fn starting_at(oldest: i64) -> History {
+        History { versions: OrdMap::new(), changes: OrdMap::new(), oldest }
+    }
+
+    /// A history of `records` (in any order), whose reads may start at
+    /// `oldest`, and the live records at its end in key order.
+    pub fn rebuilt(oldest: i64, records: impl IntoIterator<Item = KeyValue>) -> (History, Vec<KeyValue>) {
+        let versions: OrdMap<(Bytes, i64), KeyValue> =
+            records.into_iter().map(|kv| ((kv.key.clone(), kv.mod_revision), kv)).collect();
+        let mut changes: std::collections::BTreeMap<i64, Vector<Bytes>> = std::collections::BTreeMap::new();
+        let mut live: Vec<KeyValue> = Vec::new();
+        for ((key, revision), kv) in &versions {
+            changes.entry(*revision).or_default().push_back(key.clone());
+            // In key then revision order: a key's last record is its state.
+            match live.last_mut() {
+                Some(last) if last.key == *key => *last = kv.clone(),
+                _ => live.push(kv.clone()),
+            }
+        }
+        live.retain(|kv| kv.version > 0);
+        (History { versions, changes: changes.into_iter().collect(), oldest }, live)
+    }
+
+    /// The oldest revision a read may ask for: the compaction point.
+    pub fn oldest(&self) -> i64 {
+        self.oldest
+    }
+
+    /// Records held, tombstones included.
+    pub fn record_count(&self) -> usize {
+        self.versions.len()
+    }
+
+    /// Records `kv` as its key's state at its `mod_revision`.
+    pub fn record(&mut self, kv: KeyValue) {
+        let revision = kv.mod_revision;
+        self.changes.entry(revision).or_default().push_back(kv.key.clone());
+        self.versions.insert((kv.key.clone(), revision), kv);
+    }
+
+    /// Records that `key` was deleted at `revision`.
+    pub fn record_deletion(&mut self, key: Bytes, revision: i64) {
+        self.record(tombstone(key, revision));
+    }
+
+    /// Every record, tombstones included, in key then revision order: what
+    /// a snapshot holds.
+    pub fn records(&self) -> impl Iterator<Item = &KeyValue> {
+        self.versions.values()
+    }
+
+    /// The live records in `range` as of `revision`, in key order.
+    pub fn at<'a>(&'a self, range: &KeyRange, revision: i64) -> impl Iterator<Item = &'a KeyValue> + 'a {
+        let (start, end) = match range {
+            KeyRange::One(k) => (Bound::Included((k.clone(), i64::MIN)), Bound::Included((k.clone(), i64::MAX))),
+            KeyRange::From(k) => (Bound::Included((k.clone(), i64::MIN)), Bound::Unbounded),
+            KeyRange::Between(k, e) if k < e => {
+                (Bound::Included((k.clone(), i64::MIN)), Bound::Excluded((e.clone(), i64::MIN)))
+            }
+            KeyRange::Between(k, _) => (Bound::Excluded((k.clone(), i64::MAX)), Bound::Excluded((k.clone(), i64::MAX))),
+        };
+        let mut scan = self.versions.range((start, end)).filter(move |((_, r), _)| *r <= revision).peekable();
+        // Per key, the last record at or below `revision`, if it is live.
+        std::iter::from_fn(move || {
+            loop {
+                let ((key, _), mut newest) = scan.next()?;
+                while let Some(((next, _), kv)) = scan.peek() {
+                    if next != key {
+                        break;
+                    }
+                    newest = kv;
+                    scan.next();
+                }
+                if newest.version > 0 {
+                    return Some(newest);
+                }
+            }
+        })
+    }
+
+    /// Forgets what no read at `revision` or later needs, and refuses reads
+    /// below it from now on. `revision` must not be below the current oldest.
+    pub fn compact(&mut self, revision: i64) {
+        let dropped: Vec<i64> = self.changes.range(..=revision).map(|(&r, _)| r).collect();
+        for r in dropped {
+            let keys = self.changes.remove(&r).unwrap_or_default();
+            for key in keys {
+                // Older records of this key: superseded at `r`.
+                let older: Vec<(Bytes, i64)> = self
+                    .versions
+                    .range((Bound::Included((key.clone(), i64::MIN)), Bound::Excluded((key.clone(), r))))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in older {
+                    self.versions.remove(&k);
+                }
+                // A deletion at or below the compaction point hides nothing
+                // a permitted read could see. A live record stays: it is the
+                // key's state at `revision`, or the next change of the key
+                // (here or in a later compaction) drops it as older.
+                let at = (key, r);
+                if self.versions.get(&at).is_some_and(|kv| kv.version == 0) {
+                    self.versions.remove(&at);
+                }
+            }
+        }
+        self.oldest = revision;
+    }
+}
+
+/// The record of `key`'s deletion at `revision`.
+pub fn tombstone(key: Bytes, revision: i64) -> KeyValue {
+    KeyValue { key, mod_revision: revision, ..Default::default() }
+}

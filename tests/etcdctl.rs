@@ -187,3 +187,93 @@ async fn get_at_past_revisions_and_compaction() {
     .await
     .unwrap();
 }
+
+/// `etcdctl watch` prints the history from `--rev` on and live changes, in
+/// etcd's format, from any member.
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_prints_history_and_live_changes() {
+    let cluster = cluster().await;
+    let urls = cluster.endpoints();
+    tokio::task::spawn_blocking(move || {
+        use std::io::{BufRead, BufReader};
+        let all = urls.join(",");
+        let put = etcdctl(&["--endpoints", &all, "put", "wk", "one", "-w", "json"], None);
+        let first = serde_json::from_str::<serde_json::Value>(&put).unwrap()["header"]["revision"].as_i64().unwrap();
+        etcdctl(&["--endpoints", &all, "del", "wk"], None);
+        let mut child = Command::new("etcdctl")
+            .args(["--endpoints", &urls[2], "watch", "wk", "--prev-kv", &format!("--rev={first}")])
+            .env("ETCDCTL_API", "3")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        let read_until = |n: usize, lines: &mut Vec<String>| {
+            while lines.len() < n {
+                match lines_rx.recv_timeout(Duration::from_secs(10)) {
+                    Ok(line) => lines.push(line),
+                    Err(_) => break,
+                }
+            }
+        };
+        // History: the put, then the delete with its previous value.
+        read_until(8, &mut lines);
+        etcdctl(&["--endpoints", &urls[0], "put", "wk", "two"], None);
+        read_until(11, &mut lines);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(lines, ["PUT", "wk", "one", "DELETE", "wk", "one", "wk", "", "PUT", "wk", "two"], "{lines:?}");
+    })
+    .await
+    .unwrap();
+}
+
+/// `etcdctl make-mirror` with raftkv as the source copies what is there,
+/// then mirrors live puts (it reads, then watches from the read's revision).
+#[tokio::test(flavor = "multi_thread")]
+async fn make_mirror_copies_then_follows_live_puts() {
+    let source = cluster().await;
+    let destination = Cluster::start(1);
+    destination.wait_leader(Duration::from_secs(15)).await;
+    let (from, to) = (source.endpoints(), destination.endpoints()[0].clone());
+    tokio::task::spawn_blocking(move || {
+        etcdctl(&["--endpoints", &from[0], "put", "mirror/a", "1"], None);
+        let mut mirror = Command::new("etcdctl")
+            .args(["--endpoints", &from.join(","), "make-mirror", &to])
+            .env("ETCDCTL_API", "3")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let copied = |want: &str| {
+            for _ in 0..100 {
+                let got = etcdctl(&["--endpoints", &to, "get", "mirror/", "--prefix", "--print-value-only"], None);
+                if got == want {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            false
+        };
+        let first = copied("1\n");
+        etcdctl(&["--endpoints", &from[1], "put", "mirror/b", "2"], None);
+        let live = copied("1\n2\n");
+        let still_running = mirror.try_wait().unwrap().is_none();
+        let _ = mirror.kill();
+        let _ = mirror.wait();
+        assert!(first, "the existing key was copied");
+        assert!(live, "a later put was mirrored");
+        assert!(still_running, "make-mirror keeps following, as against etcd");
+    })
+    .await
+    .unwrap();
+}

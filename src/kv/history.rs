@@ -7,10 +7,12 @@
 //! - `changes` maps each revision to the keys it changed: what compaction
 //!   walks, so compacting costs in proportion to the revisions it drops, not
 //!   to the size of the map.
-//! - After a compaction at `c`, each key keeps its newest record at or below
-//!   `c` unless that is a tombstone, and every record above `c`: a read at any
-//!   revision from `c` on answers exactly as before the compaction. Reads
-//!   below `c` are refused.
+//! - After a compaction at `c`, each key keeps its newest record below `c`
+//!   unless that is a tombstone, and every record from `c` on, with the
+//!   revisions' change lists: a read at any revision from `c` on answers
+//!   exactly as before the compaction, and a watch may replay from `c` (as in
+//!   etcd, where the compaction revision itself can still be watched). Reads
+//!   and watches below `c` are refused.
 //!
 //! Both maps are persistent, so the store's O(1) copy (a transaction's
 //! scratch state, a snapshot's cut, a read's view) copies history too.
@@ -116,7 +118,7 @@ impl History {
     /// Forgets what no read at `revision` or later needs, and refuses reads
     /// below it from now on. `revision` must not be below the current oldest.
     pub fn compact(&mut self, revision: i64) {
-        let dropped: Vec<i64> = self.changes.range(..=revision).map(|(&r, _)| r).collect();
+        let dropped: Vec<i64> = self.changes.range(..revision).map(|(&r, _)| r).collect();
         for r in dropped {
             let keys = self.changes.remove(&r).unwrap_or_default();
             for key in keys {
@@ -129,8 +131,8 @@ impl History {
                 for k in older {
                     self.versions.remove(&k);
                 }
-                // A deletion at or below the compaction point hides nothing
-                // a permitted read could see. A live record stays: it is the
+                // A deletion below the compaction point hides nothing a
+                // permitted read could see. A live record stays: it is the
                 // key's state at `revision`, or the next change of the key
                 // (here or in a later compaction) drops it as older.
                 let at = (key, r);
@@ -140,6 +142,30 @@ impl History {
             }
         }
         self.oldest = revision;
+    }
+}
+
+/// A change as a watch reports it: the record a revision wrote (a tombstone
+/// for a deletion) and the key's live record before it, if still held.
+#[derive(Clone, Copy, Debug)]
+pub struct Change<'a> {
+    pub kv: &'a KeyValue,
+    pub prev: Option<&'a KeyValue>,
+}
+
+impl History {
+    /// The changes to keys in `range` at revisions from `from` on, in
+    /// revision order and, within a revision, in the order its command made
+    /// them. `from` must not be below [`History::oldest`].
+    pub fn changes_since<'a>(&'a self, from: i64, range: &'a KeyRange) -> impl Iterator<Item = Change<'a>> + 'a {
+        self.changes.range(from..).flat_map(move |(&revision, keys)| {
+            keys.iter().filter(move |key| range.contains(key)).filter_map(move |key| {
+                let kv = self.versions.get(&(key.clone(), revision))?;
+                let before = (Bound::Included((key.clone(), i64::MIN)), Bound::Excluded((key.clone(), revision)));
+                let prev = self.versions.range(before).next_back().map(|(_, p)| p).filter(|p| p.version > 0);
+                Some(Change { kv, prev })
+            })
+        })
     }
 }
 

@@ -31,7 +31,7 @@ use crate::proto::mvccpb::KeyValue;
 use crate::proto::raftkvpb::{Command, command};
 use crate::proto::{SnapshotHeader, SnapshotMeta};
 
-pub use history::History;
+pub use history::{Change, History};
 pub use range::{KeyRange, prefix_end};
 
 /// Most operations one transaction may hold (etcd's `--max-txn-ops` default).
@@ -84,6 +84,11 @@ impl KvStore {
     /// The store's current revision.
     pub fn revision(&self) -> i64 {
         self.revision
+    }
+
+    /// Every revision since the compaction point.
+    pub fn history(&self) -> &History {
+        &self.history
     }
 
     /// The oldest revision a read may ask for.

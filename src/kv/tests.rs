@@ -186,7 +186,11 @@ fn compaction_refuses_older_reads_and_keeps_newer_ones_exact() {
     compact(&mut kv, 5).unwrap();
     assert_eq!(kv.compact_revision(), 5);
     assert_eq!(keys(&at(&kv, "a", "\0", 5).unwrap()), ["a"]);
-    // Only what a read at 5 or later can see is left: a@5 and c@6.
+    // Revisions from 5 on are kept whole (a watch may replay them); below,
+    // only what a read at 5 still sees: a@2 until a@5 is compacted away.
+    let left: Vec<_> = kv.records().map(|r| (r.key.clone(), r.mod_revision)).collect();
+    assert_eq!(left, vec![(b("a"), 2), (b("a"), 5), (b("c"), 6)]);
+    compact(&mut kv, 6).unwrap();
     let left: Vec<_> = kv.records().map(|r| (r.key.clone(), r.mod_revision)).collect();
     assert_eq!(left, vec![(b("a"), 5), (b("c"), 6)]);
     assert_eq!(kv.revision(), 6, "a compaction makes no revision");

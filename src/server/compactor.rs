@@ -64,7 +64,7 @@ impl AutoCompaction {
 
 /// Go's duration syntax as etcd's flags take it, one or more number+unit
 /// pairs: `90s`, `1h30m`, `500ms`.
-fn parse_duration(text: &str) -> Option<Duration> {
+pub fn parse_duration(text: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;
     let mut rest = text;
     if rest.is_empty() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::compactor::AutoCompaction;
+use super::compactor::{AutoCompaction, parse_duration};
 
 /// Settings as given: every field optional, so that flags, environment and
 /// file can be layered.
@@ -70,6 +70,10 @@ pub struct ServerArgs {
     /// the default as in etcd, keeps every revision until a Compact.
     #[arg(long, env = "RAFTKV_AUTO_COMPACTION_RETENTION")]
     pub auto_compaction_retention: Option<String>,
+    /// How often a quiet watcher that asked for progress notifications gets
+    /// one (a duration such as 10m or 5s; default 10m, as etcd).
+    #[arg(long, env = "RAFTKV_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL")]
+    pub experimental_watch_progress_notify_interval: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +111,7 @@ pub struct Settings {
     pub snapshot_entries: u64,
     pub snapshot_catchup_entries: u64,
     pub auto_compaction: AutoCompaction,
+    pub watch_progress_notify_interval: Duration,
 }
 
 impl Settings {
@@ -141,6 +146,9 @@ impl ServerArgs {
             snapshot_catchup_entries: self.snapshot_catchup_entries.or(file.snapshot_catchup_entries),
             auto_compaction_mode: self.auto_compaction_mode.or(file.auto_compaction_mode),
             auto_compaction_retention: self.auto_compaction_retention.or(file.auto_compaction_retention),
+            experimental_watch_progress_notify_interval: self
+                .experimental_watch_progress_notify_interval
+                .or(file.experimental_watch_progress_notify_interval),
         }
     }
 
@@ -195,6 +203,13 @@ impl ServerArgs {
             self.auto_compaction_retention.as_deref().unwrap_or("0"),
         )
         .map_err(|reason| invalid("auto-compaction", reason))?;
+        let progress = self.experimental_watch_progress_notify_interval.unwrap_or_else(|| "10m".into());
+        let watch_progress_notify_interval = parse_duration(&progress).filter(|d| !d.is_zero()).ok_or_else(|| {
+            invalid(
+                "experimental-watch-progress-notify-interval",
+                format!("`{progress}` is not a duration such as 10m or 5s"),
+            )
+        })?;
         let mut ids: Vec<u64> = members.iter().map(|m| m.id).collect();
         ids.sort_unstable();
         Ok(Settings {
@@ -212,6 +227,7 @@ impl ServerArgs {
             snapshot_entries,
             snapshot_catchup_entries: self.snapshot_catchup_entries.unwrap_or(5_000),
             auto_compaction,
+            watch_progress_notify_interval,
         })
     }
 }

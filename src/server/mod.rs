@@ -16,6 +16,7 @@ pub mod node;
 pub mod shared;
 pub mod snapshots;
 pub mod transport;
+pub mod watch_service;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ use crate::kv::KvStore;
 use crate::proto::ConfState;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::raftpeer::raft_peer_server::RaftPeerServer;
 use crate::raft::{Config, Raft, RaftError};
 use crate::snapshot::{SnapshotDir, SnapshotError, Snapshotter};
@@ -154,7 +156,8 @@ pub async fn serve(settings: Settings, stop: watch::Receiver<bool>) -> Result<()
     };
     let (status_tx, status_rx) = watch::channel(node::NodeStatus::default());
     let requests = node_tx.downgrade();
-    let shared = Arc::new(shared::Shared::new(settings.clone(), snapshot_dir, node_tx, status_rx));
+    let (applied_tx, applied_rx) = watch::channel(kv.clone());
+    let shared = Arc::new(shared::Shared::new(settings.clone(), snapshot_dir, node_tx, status_rx, applied_rx));
 
     let mut servers = tokio::task::JoinSet::new();
     let max_message = (2 * settings.max_request_bytes).max(4 << 20);
@@ -185,6 +188,9 @@ pub async fn serve(settings: Settings, stop: watch::Receiver<bool>) -> Result<()
         let grpc = tonic::service::Routes::new(KvRoutes::new(shared.clone(), max_message))
             .add_service(ClusterServer::new(grpc::ClusterService(shared.clone())))
             .add_service(MaintenanceServer::new(grpc::MaintenanceService(shared.clone())))
+            .add_service(
+                WatchServer::new(watch_service::WatchService(shared.clone())).max_decoding_message_size(max_message),
+            )
             .into_axum_router();
         // Unknown paths: gRPC's "unimplemented" for gRPC requests, a plain
         // 404 for everyone else (a health probe must not see success).
@@ -217,6 +223,7 @@ pub async fn serve(settings: Settings, stop: watch::Receiver<bool>) -> Result<()
         snapshotter,
         requests,
         status: status_tx,
+        applied: applied_tx,
         runtime: tokio::runtime::Handle::current(),
         read_round_ticks: u64::from(settings.election_ticks),
     });

@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 use super::config::Settings;
 use super::forward::Forwarder;
 use super::node::{Applied, NodeError, NodeStatus, Request};
-use crate::kv::KvError;
+use crate::kv::{KvError, KvStore};
 use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader, ResponseOp};
 use crate::proto::raftkvpb::Command;
 use crate::proto::raftpeer::raft_peer_client::RaftPeerClient;
@@ -38,6 +38,8 @@ pub struct Shared {
     pub snapshot_dir: Arc<SnapshotDir>,
     pub node: mpsc::Sender<Request>,
     pub status: watch::Receiver<NodeStatus>,
+    /// The applied key-value state, as the node publishes it.
+    pub applied: watch::Receiver<KvStore>,
     peers: HashMap<NodeId, RaftPeerClient<Channel>>,
     forwarders: HashMap<NodeId, Forwarder>,
 }
@@ -51,6 +53,7 @@ impl Shared {
         snapshot_dir: Arc<SnapshotDir>,
         node: mpsc::Sender<Request>,
         status: watch::Receiver<NodeStatus>,
+        applied: watch::Receiver<KvStore>,
     ) -> Shared {
         let channels: HashMap<NodeId, Channel> = settings
             .members
@@ -66,7 +69,7 @@ impl Shared {
             .into_iter()
             .map(|(id, ch)| (id, Forwarder::start(settings.cluster_id, settings.member_id, ch)))
             .collect();
-        Shared { settings, snapshot_dir, node, status, peers, forwarders }
+        Shared { settings, snapshot_dir, node, status, applied, peers, forwarders }
     }
 
     pub fn peer(&self, id: NodeId) -> Option<RaftPeerClient<Channel>> {

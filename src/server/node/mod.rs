@@ -142,6 +142,8 @@ pub struct Node {
     /// This node's own queue, for its snapshot thread to report on.
     requests: mpsc::WeakSender<Request>,
     status: watch::Sender<NodeStatus>,
+    /// The applied key-value state, for watchers: an O(1) copy per change.
+    applied: watch::Sender<KvStore>,
 }
 
 /// What a node starts from.
@@ -154,6 +156,8 @@ pub struct NodeParts {
     pub snapshotter: Snapshotter,
     pub requests: mpsc::WeakSender<Request>,
     pub status: watch::Sender<NodeStatus>,
+    /// Where the applied key-value state is published, for watchers.
+    pub applied: watch::Sender<KvStore>,
     /// The server's runtime, whose blocking threads serve large reads.
     pub runtime: Handle,
     /// Ticks a ReadIndex round may take before its reads are retried.
@@ -162,7 +166,8 @@ pub struct NodeParts {
 
 impl Node {
     pub fn new(parts: NodeParts) -> Node {
-        let NodeParts { raft, store, kv, outbox, snapshotter, requests, status, runtime, read_round_ticks } = parts;
+        let NodeParts { raft, store, kv, outbox, snapshotter, requests, status, applied, runtime, read_round_ticks } =
+            parts;
         // Unique per process, so no answer to an earlier process's read round
         // can match one of ours (etcd's request ids mix in the start time too).
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
@@ -179,6 +184,7 @@ impl Node {
             incoming_snapshots: Vec::new(),
             requests,
             status,
+            applied,
         }
     }
 
@@ -437,6 +443,11 @@ impl Node {
         }
         if previous.term != status.term || previous.leader != status.leader {
             self.reads.leader_changed();
+        }
+        let changed = (status.revision, status.compact_revision) != (previous.revision, previous.compact_revision);
+        if changed || self.applied.borrow().revision() != self.kv.revision() {
+            // Watchers read what they need from the copy's history.
+            self.applied.send_replace(self.kv.clone());
         }
         if previous != status {
             self.status.send_replace(status);

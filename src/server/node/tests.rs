@@ -63,6 +63,7 @@ fn open(id: NodeId, n: u64, dir: &std::path::Path) -> Member {
         snapshotter: Snapshotter::new(snapshots, 1_000_000, 1000, 0, 0),
         requests: requests.downgrade(),
         status: watch::channel(NodeStatus::default()).0,
+        applied: watch::channel(KvStore::new()).0,
         runtime: Handle::current(),
         read_round_ticks: ROUND_TICKS,
     });

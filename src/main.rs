@@ -9,7 +9,8 @@ use raftkv::bench::{BenchArgs, Workload};
 use raftkv::client::DEV_ENDPOINTS;
 use raftkv::client::{Client, ClientError};
 use raftkv::kv::prefix_end;
-use raftkv::proto::etcdserverpb::{DeleteRangeRequest, RangeRequest};
+use raftkv::proto::etcdserverpb::{DeleteRangeRequest, RangeRequest, WatchCreateRequest, WatchResponse};
+use raftkv::proto::mvccpb::event::EventType;
 use raftkv::server::{self, ServerArgs};
 use tokio::sync::watch;
 
@@ -62,6 +63,22 @@ enum Command {
         /// The state at this revision (0: the current one), while history still holds it.
         #[arg(long, default_value_t = 0)]
         rev: i64,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Print changes to a key, or every key with a prefix, as they are applied
+    /// (etcdctl's format: the event type, the key, the value), until Ctrl-C.
+    Watch {
+        key: String,
+        /// Every key starting with KEY.
+        #[arg(long)]
+        prefix: bool,
+        /// Start at this revision (its history first); default: from now on.
+        #[arg(long, default_value_t = 0)]
+        rev: i64,
+        /// Also print each key's value before the change.
+        #[arg(long)]
+        prev_kv: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -212,6 +229,18 @@ async fn run(command: Command) -> Result<(), Failure> {
                 println!("{}\n{}", String::from_utf8_lossy(&kv.key), String::from_utf8_lossy(&kv.value));
             }
         }
+        Command::Watch { key, prefix, rev, prev_kv, conn } => {
+            let mut client = Client::connect(&conn.endpoints).await?;
+            let range_end = if prefix { prefix_end(key.as_bytes()) } else { Vec::new() };
+            let create = WatchCreateRequest {
+                key: key.into(),
+                range_end: range_end.into(),
+                start_revision: rev,
+                prev_kv,
+                ..Default::default()
+            };
+            print_watch(client.watch(create).await?).await?;
+        }
         Command::Compact { revision, conn } => {
             let mut client = Client::connect(&conn.endpoints).await?;
             client.compact(revision).await?;
@@ -285,6 +314,27 @@ async fn dev(dir: PathBuf) -> anyhow::Result<()> {
         Some(e) => Err(e.into()),
         None => Ok(()),
     }
+}
+
+/// Prints a watch's events as etcdctl does, until the stream ends.
+async fn print_watch(mut responses: tonic::Streaming<WatchResponse>) -> anyhow::Result<()> {
+    use std::io::Write;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    while let Some(resp) = responses.message().await? {
+        if resp.canceled {
+            anyhow::bail!("watch was canceled ({})", resp.cancel_reason);
+        }
+        let mut out = std::io::stdout().lock();
+        for event in resp.events {
+            let kind = if event.r#type == EventType::Delete as i32 { "DELETE" } else { "PUT" };
+            writeln!(out, "{kind}")?;
+            for kv in event.prev_kv.iter().chain(event.kv.iter()) {
+                writeln!(out, "{}\n{}", text(&kv.key), text(&kv.value))?;
+            }
+        }
+        out.flush()?;
+    }
+    anyhow::bail!("the watch stream ended")
 }
 
 async fn status(endpoints: &[String]) -> anyhow::Result<()> {

@@ -266,3 +266,54 @@ async fn periodic_auto_compaction_compacts_on_every_member() {
     }
     assert!(cluster.log_of(leader).contains("auto-compacted the history"), "{}", cluster.logs());
 }
+
+/// `raftkv watch` prints history from `--rev` and then live changes, in
+/// etcdctl's format.
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_watch_prints_history_then_live_changes() {
+    let cluster = Cluster::start(3);
+    cluster.wait_leader(Duration::from_secs(15)).await;
+    let endpoints = cluster.endpoints().join(",");
+    tokio::task::spawn_blocking(move || {
+        use std::io::{BufRead, BufReader};
+        let put = |k: &str, v: &str| assert!(raftkv(&["put", k, v, "--endpoints", &endpoints]).status.success());
+        put("cw/a", "1");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_raftkv"))
+            .args(["watch", "cw/", "--prefix", "--rev", "2", "--prev-kv", "--endpoints", &endpoints])
+            .env("RAFTKV_LOG", "error")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        let mut read = |n: usize| {
+            while lines.len() < n {
+                match rx.recv_timeout(Duration::from_secs(10)) {
+                    Ok(line) => lines.push(line),
+                    Err(_) => break,
+                }
+            }
+            lines.clone()
+        };
+        read(3);
+        put("cw/a", "2");
+        let got = read(8);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            got,
+            ["PUT", "cw/a", "1", "PUT", "cw/a", "1", "cw/a", "2"],
+            "history, then a live put with its previous value"
+        );
+    })
+    .await
+    .unwrap();
+}

@@ -14,14 +14,17 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::proto::etcdserverpb::cluster_client::ClusterClient;
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use crate::proto::etcdserverpb::watch_client::WatchClient;
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, MemberListRequest, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse,
+    PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse, WatchCreateRequest, WatchRequest,
+    WatchResponse, watch_request,
 };
 
 /// The endpoints of the cluster `raftkv dev` starts.
@@ -170,6 +173,19 @@ impl Client {
         let channel = self.write_channel().await;
         let result = KvClient::new(channel).compact(CompactionRequest { revision, physical: true }).await;
         self.after_write(result)
+    }
+
+    /// Opens a watch with `create` and returns its responses, the first of
+    /// which says whether it was created. The request side stays open for
+    /// as long as the returned stream lives.
+    pub async fn watch(&mut self, create: WatchCreateRequest) -> Result<Streaming<WatchResponse>, ClientError> {
+        self.idempotent(|ch| {
+            let request =
+                WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create.clone())) };
+            let requests = tokio_stream::StreamExt::chain(tokio_stream::iter([request]), tokio_stream::pending());
+            async move { Ok(WatchClient::new(ch).watch(requests).await?.into_inner()) }
+        })
+        .await
     }
 
     /// One member's status, asked at `endpoint` directly.

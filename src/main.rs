@@ -216,7 +216,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Get { key, prefix, serializable, rev, conn } => {
             let mut client = Client::connect(&conn.endpoints).await?;
-            let range_end = if prefix { prefix_end(key.as_bytes()) } else { Vec::new() };
+            let range_end = range_end(&key, prefix);
             let req = RangeRequest {
                 key: key.into(),
                 range_end: range_end.into(),
@@ -231,7 +231,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Watch { key, prefix, rev, prev_kv, conn } => {
             let mut client = Client::connect(&conn.endpoints).await?;
-            let range_end = if prefix { prefix_end(key.as_bytes()) } else { Vec::new() };
+            let range_end = range_end(&key, prefix);
             let create = WatchCreateRequest {
                 key: key.into(),
                 range_end: range_end.into(),
@@ -248,7 +248,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Del { key, prefix, conn } => {
             let mut client = Client::connect(&conn.endpoints).await?;
-            let range_end = if prefix { prefix_end(key.as_bytes()) } else { Vec::new() };
+            let range_end = range_end(&key, prefix);
             let req = DeleteRangeRequest { key: key.into(), range_end: range_end.into(), prev_kv: false };
             println!("{}", client.delete(req).await?.deleted);
         }
@@ -314,6 +314,11 @@ async fn dev(dir: PathBuf) -> anyhow::Result<()> {
         Some(e) => Err(e.into()),
         None => Ok(()),
     }
+}
+
+/// The range end for KEY alone, or for every key with the prefix KEY.
+fn range_end(key: &str, prefix: bool) -> Vec<u8> {
+    if prefix { prefix_end(key.as_bytes()) } else { Vec::new() }
 }
 
 /// Prints a watch's events as etcdctl does, until the stream ends.

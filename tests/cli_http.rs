@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use support::cluster::Cluster;
+use support::lines::Lines;
 
 fn raftkv(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_raftkv")).args(args).env("RAFTKV_LOG", "error").output().expect("run raftkv")
@@ -275,7 +276,6 @@ async fn cli_watch_prints_history_then_live_changes() {
     cluster.wait_leader(Duration::from_secs(15)).await;
     let endpoints = cluster.endpoints().join(",");
     tokio::task::spawn_blocking(move || {
-        use std::io::{BufRead, BufReader};
         let put = |k: &str, v: &str| assert!(raftkv(&["put", k, v, "--endpoints", &endpoints]).status.success());
         put("cw/a", "1");
         let mut child = Command::new(env!("CARGO_BIN_EXE_raftkv"))
@@ -284,28 +284,10 @@ async fn cli_watch_prints_history_then_live_changes() {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut lines = Vec::new();
-        let mut read = |n: usize| {
-            while lines.len() < n {
-                match rx.recv_timeout(Duration::from_secs(10)) {
-                    Ok(line) => lines.push(line),
-                    Err(_) => break,
-                }
-            }
-            lines.clone()
-        };
-        read(3);
+        let mut lines = Lines::of(&mut child);
+        lines.until(3, Duration::from_secs(10));
         put("cw/a", "2");
-        let got = read(8);
+        let got = lines.until(8, Duration::from_secs(10));
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(

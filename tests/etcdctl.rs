@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::cluster::Cluster;
+use support::lines::Lines;
 
 /// Runs etcdctl (API v3) and returns its stdout, failing with its stderr.
 fn etcdctl(args: &[&str], stdin: Option<&str>) -> String {
@@ -195,7 +196,6 @@ async fn watch_prints_history_and_live_changes() {
     let cluster = cluster().await;
     let urls = cluster.endpoints();
     tokio::task::spawn_blocking(move || {
-        use std::io::{BufRead, BufReader};
         let all = urls.join(",");
         let put = etcdctl(&["--endpoints", &all, "put", "wk", "one", "-w", "json"], None);
         let first = serde_json::from_str::<serde_json::Value>(&put).unwrap()["header"]["revision"].as_i64().unwrap();
@@ -207,28 +207,11 @@ async fn watch_prints_history_and_live_changes() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if lines_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut lines = Vec::new();
-        let read_until = |n: usize, lines: &mut Vec<String>| {
-            while lines.len() < n {
-                match lines_rx.recv_timeout(Duration::from_secs(10)) {
-                    Ok(line) => lines.push(line),
-                    Err(_) => break,
-                }
-            }
-        };
+        let mut lines = Lines::of(&mut child);
         // History: the put, then the delete with its previous value.
-        read_until(8, &mut lines);
+        lines.until(8, Duration::from_secs(10));
         etcdctl(&["--endpoints", &urls[0], "put", "wk", "two"], None);
-        read_until(11, &mut lines);
+        let lines = lines.until(11, Duration::from_secs(10));
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(lines, ["PUT", "wk", "one", "DELETE", "wk", "one", "wk", "", "PUT", "wk", "two"], "{lines:?}");

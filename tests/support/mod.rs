@@ -4,6 +4,7 @@
 pub mod chaos;
 pub mod cluster;
 pub mod linearizability;
+pub mod lines;
 pub mod load;
 pub mod proxy;
 pub mod sim;

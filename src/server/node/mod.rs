@@ -444,8 +444,11 @@ impl Node {
         if previous.term != status.term || previous.leader != status.leader {
             self.reads.leader_changed();
         }
-        let changed = (status.revision, status.compact_revision) != (previous.revision, previous.compact_revision);
-        if changed || self.applied.borrow().revision() != self.kv.revision() {
+        let published = {
+            let kv = self.applied.borrow();
+            (kv.revision(), kv.compact_revision())
+        };
+        if published != (self.kv.revision(), self.kv.compact_revision()) {
             // Watchers read what they need from the copy's history.
             self.applied.send_replace(self.kv.clone());
         }

@@ -150,3 +150,70 @@ async fn watch_keys_prefixes_history_filters_cancel_and_progress() {
     assert_eq!(resp.compact_revision(), now);
     assert!(resp.cancel_reason().contains("compacted"), "{resp:?}");
 }
+
+/// Watchers as `/v1/status` counts them on a member.
+fn watch_gauges(endpoint: &str) -> (u64, u64) {
+    let body = ureq::get(&format!("{endpoint}/v1/status")).call().unwrap().into_body().read_to_string().unwrap();
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    (status["watch_streams"].as_u64().unwrap(), status["watchers"].as_u64().unwrap())
+}
+
+/// Streams and watchers go with their clients; a stopping member ends its
+/// streams with an error the client library retries (Unavailable), not a
+/// clean end that would look like a cancel.
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_go_with_their_clients_and_a_stopping_member_ends_them_retryably() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_leader(LIMIT).await;
+    let endpoint = cluster.endpoints()[1].clone();
+    let (streams, per_stream) = (20, 3);
+    let mut clients = Vec::new();
+    for s in 0..streams {
+        let mut client = Client::connect([endpoint.clone()], None).await.unwrap();
+        let mut stream = client.watch(format!("h/{s}"), None).await.unwrap();
+        assert!(next(&mut stream).await.created());
+        for w in 1..per_stream {
+            stream.watch(format!("h/{s}/{w}"), None).await.unwrap();
+            assert!(next(&mut stream).await.created());
+        }
+        clients.push((client, stream));
+    }
+    let gauges = tokio::task::spawn_blocking({
+        let endpoint = endpoint.clone();
+        move || watch_gauges(&endpoint)
+    });
+    assert_eq!(gauges.await.unwrap(), (streams, streams * per_stream));
+
+    // Cancelling one watcher counts; dropping the clients takes the rest.
+    let (_, first) = &mut clients[0];
+    first.cancel(0).await.unwrap();
+    assert!(next(first).await.canceled());
+    drop(clients);
+    let endpoint_for_wait = endpoint.clone();
+    let left = tokio::task::spawn_blocking(move || {
+        // Bounded: the server notices a closed stream at once; 100 × 50 ms.
+        let mut seen = watch_gauges(&endpoint_for_wait);
+        for _ in 0..100 {
+            if seen == (0, 0) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            seen = watch_gauges(&endpoint_for_wait);
+        }
+        seen
+    });
+    assert_eq!(left.await.unwrap(), (0, 0), "streams or watchers outlived their clients");
+
+    // SIGTERM while a watch is open on the member.
+    let mut client = Client::connect([endpoint.clone()], None).await.unwrap();
+    let mut stream = client.watch("stopping", None).await.unwrap();
+    assert!(next(&mut stream).await.created());
+    cluster.terminate(1);
+    let end = tokio::time::timeout(LIMIT, stream.message()).await.expect("the stream ends within the limit");
+    match end {
+        Err(etcd_client::Error::GRpcStatus(status)) => {
+            assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}")
+        }
+        other => panic!("a stopping member must end the stream with Unavailable, not {other:?}"),
+    }
+}

@@ -146,7 +146,8 @@ impl History {
 }
 
 /// A change as a watch reports it: the record a revision wrote (a tombstone
-/// for a deletion) and the key's live record before it, if still held.
+/// for a deletion) and, when asked for, the key's live record before it if
+/// still held.
 #[derive(Clone, Copy, Debug)]
 pub struct Change<'a> {
     pub kv: &'a KeyValue,
@@ -156,16 +157,28 @@ pub struct Change<'a> {
 impl History {
     /// The changes to keys in `range` at revisions from `from` on, in
     /// revision order and, within a revision, in the order its command made
-    /// them. `from` must not be below [`History::oldest`].
-    pub fn changes_since<'a>(&'a self, from: i64, range: &'a KeyRange) -> impl Iterator<Item = Change<'a>> + 'a {
+    /// them; each with the key's record before it when `with_prev` (a
+    /// lookup per change, so only when asked). `from` must not be below
+    /// [`History::oldest`].
+    pub fn changes_since<'a>(
+        &'a self,
+        from: i64,
+        range: &'a KeyRange,
+        with_prev: bool,
+    ) -> impl Iterator<Item = Change<'a>> + 'a {
         self.changes.range(from..).flat_map(move |(&revision, keys)| {
             keys.iter().filter(move |key| range.contains(key)).filter_map(move |key| {
                 let kv = self.versions.get(&(key.clone(), revision))?;
-                let before = (Bound::Included((key.clone(), i64::MIN)), Bound::Excluded((key.clone(), revision)));
-                let prev = self.versions.range(before).next_back().map(|(_, p)| p).filter(|p| p.version > 0);
+                let prev = if with_prev { self.before(key, revision) } else { None };
                 Some(Change { kv, prev })
             })
         })
+    }
+
+    /// `key`'s live record just before `revision`, if still held.
+    fn before(&self, key: &Bytes, revision: i64) -> Option<&KeyValue> {
+        let before = (Bound::Included((key.clone(), i64::MIN)), Bound::Excluded((key.clone(), revision)));
+        self.versions.range(before).next_back().map(|(_, p)| p).filter(|p| p.version > 0)
     }
 }
 

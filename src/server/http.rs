@@ -9,6 +9,9 @@
 //! - both reads take `rev=N`: the state at revision N, while the history
 //!   still holds it (400 with etcd's "compacted" or "future revision" text
 //!   otherwise);
+//! - `GET /v1/watch/{key}`: changes as newline-delimited JSON, one line per
+//!   event, until the client hangs up (`?prefix=true`, `&rev=N`,
+//!   `&prev_kv=true`; see [`super::watch::http`]);
 //! - `GET /v1/status`: this member's Raft and store status, as JSON;
 //! - `GET /healthz`: 200 when this member knows a leader, else 503;
 //! - `GET /version`: the etcd version whose API is served, and raftkv's own;
@@ -41,6 +44,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/kv/{*key}", get(get_key).put(put_key).delete(delete_key))
         .route("/v1/kv/", get(no_key).put(no_key).delete(no_key))
+        .route("/v1/watch/{*key}", get(super::watch::http::watch))
+        .route("/v1/watch/", get(no_key))
         .route("/version", get(version))
         .route("/v1/kv", get(list))
         .route("/v1/status", get(status))
@@ -49,7 +54,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-struct HttpError(StatusCode, String);
+pub(crate) struct HttpError(StatusCode, String);
 
 /// What a member without a leader can still do, for whoever reads the error.
 const NO_QUORUM_HINT: &str = "this member may be cut off from a majority of the cluster: it still serves \
@@ -81,7 +86,7 @@ pub fn is_no_quorum(message: &str) -> bool {
 }
 
 /// The `rev` query parameter: 0 (the current revision) when absent.
-fn revision_param(q: &HashMap<String, String>) -> Result<i64, HttpError> {
+pub(crate) fn revision_param(q: &HashMap<String, String>) -> Result<i64, HttpError> {
     match q.get("rev") {
         None => Ok(0),
         Some(v) => v.parse::<i64>().ok().filter(|r| *r >= 0).ok_or_else(|| {
@@ -90,7 +95,12 @@ fn revision_param(q: &HashMap<String, String>) -> Result<i64, HttpError> {
     }
 }
 
-fn text(b: &[u8]) -> String {
+/// Whether the query parameter `name` is `true`.
+pub(crate) fn flag(q: &HashMap<String, String>, name: &str) -> bool {
+    q.get(name).is_some_and(|v| v == "true")
+}
+
+pub(crate) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
@@ -99,7 +109,7 @@ async fn get_key(
     Path(key): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, HttpError> {
-    let serializable = q.get("serializable").is_some_and(|v| v == "true");
+    let serializable = flag(&q, "serializable");
     let revision = revision_param(&q)?;
     let req = RangeRequest { key: key.into(), serializable, revision, ..Default::default() };
     let (resp, _) = shared.range(req).await?;
@@ -136,7 +146,7 @@ async fn list(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, HttpError> {
     let prefix = q.get("prefix").cloned().unwrap_or_default();
-    let serializable = q.get("serializable").is_some_and(|v| v == "true");
+    let serializable = flag(&q, "serializable");
     let revision = revision_param(&q)?;
     let (key, range_end) = if prefix.is_empty() {
         (vec![0u8], vec![0u8])
@@ -199,6 +209,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
         "leader": s.leader.map(|l| format!("{l:x}")),
         "is_leader": s.leader == Some(shared.settings.member_id),
         "term": s.term, "commit": s.commit, "applied": s.applied, "revision": s.revision,
+        "watch_streams": shared.watches.streams(), "watchers": shared.watches.watchers(),
     }))
     .into_response()
 }

@@ -16,7 +16,7 @@ pub mod node;
 pub mod shared;
 pub mod snapshots;
 pub mod transport;
-pub mod watch_service;
+pub mod watch;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -24,7 +24,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use tokio::sync::watch as signal;
 use tonic::transport::server::TcpIncoming;
 
 use crate::kv::KvStore;
@@ -137,7 +138,7 @@ fn open(settings: &Settings) -> Result<Opened, ServerError> {
 }
 
 /// Runs a member until `stop` turns true (or its storage fails).
-pub async fn serve(settings: Settings, stop: watch::Receiver<bool>) -> Result<(), ServerError> {
+pub async fn serve(settings: Settings, stop: signal::Receiver<bool>) -> Result<(), ServerError> {
     let opening = settings.clone();
     let Opened { raft, store, kv, snapshot_dir, snapshotter } =
         tokio::task::spawn_blocking(move || open(&opening)).await.map_err(|e| ServerError::Thread(e.to_string()))??;
@@ -154,9 +155,9 @@ pub async fn serve(settings: Settings, stop: watch::Receiver<bool>) -> Result<()
         let _on_peer_runtime = peer_runtime.handle().enter();
         transport::Transport::start(settings.cluster_id, settings.member_id, &settings.members, snapshots)
     };
-    let (status_tx, status_rx) = watch::channel(node::NodeStatus::default());
+    let (status_tx, status_rx) = signal::channel(node::NodeStatus::default());
     let requests = node_tx.downgrade();
-    let (applied_tx, applied_rx) = watch::channel(kv.clone());
+    let (applied_tx, applied_rx) = signal::channel(kv.clone());
     let shared = Arc::new(shared::Shared::new(settings.clone(), snapshot_dir, node_tx, status_rx, applied_rx));
 
     let mut servers = tokio::task::JoinSet::new();
@@ -189,7 +190,7 @@ pub async fn serve(settings: Settings, stop: watch::Receiver<bool>) -> Result<()
             .add_service(ClusterServer::new(grpc::ClusterService(shared.clone())))
             .add_service(MaintenanceServer::new(grpc::MaintenanceService(shared.clone())))
             .add_service(
-                WatchServer::new(watch_service::WatchService(shared.clone())).max_decoding_message_size(max_message),
+                WatchServer::new(watch::grpc::WatchService(shared.clone())).max_decoding_message_size(max_message),
             )
             .into_axum_router();
         // Unknown paths: gRPC's "unimplemented" for gRPC requests, a plain
@@ -276,7 +277,7 @@ async fn run_node_thread(
     node: node::Node,
     requests: mpsc::Receiver<node::Request>,
     tick: std::time::Duration,
-    stop: watch::Receiver<bool>,
+    stop: signal::Receiver<bool>,
 ) -> Result<(), ServerError> {
     let (done, result) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()

@@ -40,6 +40,8 @@ pub struct Shared {
     pub status: watch::Receiver<NodeStatus>,
     /// The applied key-value state, as the node publishes it.
     pub applied: watch::Receiver<KvStore>,
+    /// Watch streams and watchers open on this member.
+    pub watches: super::watch::Gauges,
     peers: HashMap<NodeId, RaftPeerClient<Channel>>,
     forwarders: HashMap<NodeId, Forwarder>,
 }
@@ -69,7 +71,7 @@ impl Shared {
             .into_iter()
             .map(|(id, ch)| (id, Forwarder::start(settings.cluster_id, settings.member_id, ch)))
             .collect();
-        Shared { settings, snapshot_dir, node, status, applied, peers, forwarders }
+        Shared { settings, snapshot_dir, node, status, applied, watches: Default::default(), peers, forwarders }
     }
 
     pub fn peer(&self, id: NodeId) -> Option<RaftPeerClient<Channel>> {

@@ -1,5 +1,7 @@
-//! etcd's Watch service: one bidirectional stream per client, carrying many
-//! watchers, each over a key, a range or a prefix.
+//! Watch: changes to keys, ranges and prefixes streamed to clients as they
+//! are applied. This module is the engine, one task per stream carrying
+//! many watchers; [`grpc`] serves it as etcd's Watch service and [`http`] as
+//! newline-delimited JSON for curl.
 //!
 //! Invariants:
 //! - A watcher reports every change to its keys exactly once, in revision
@@ -10,24 +12,30 @@
 //!   without a leader sends nothing it has not applied.
 //! - A slow client slows only its own stream. The node publishes one latest
 //!   state, never a queue; a stream that could not send for a while catches
-//!   up from history. A watcher whose cursor falls below the compaction point
-//!   is cancelled with etcd's compacted response.
+//!   up from history, at most [`MAX_REVISIONS_PER_RESPONSE`] revisions per
+//!   response (etcd's batch limit), so what one watcher holds at a time is
+//!   bounded however far behind it is. A watcher whose cursor falls below
+//!   the compaction point is cancelled with etcd's compacted response.
 //! - The stream and its watchers go when the client goes: nothing outlives
-//!   the task that serves the stream.
+//!   the task that serves the stream. An idle stream waits on the published
+//!   state and its progress timer only: no work while nothing changes.
+
+pub mod grpc;
+pub mod http;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use prost::Message as _;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tokio_stream::{Stream, StreamExt};
+use tonic::Status;
 
 use super::shared::Shared;
 use crate::kv::{Change, KeyRange, KvStore};
 use crate::proto::etcdserverpb::watch_create_request::FilterType;
 use crate::proto::etcdserverpb::watch_request::RequestUnion;
-use crate::proto::etcdserverpb::watch_server::Watch;
 use crate::proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
 use crate::proto::mvccpb::{Event, event::EventType};
 
@@ -37,18 +45,46 @@ const PROGRESS_WATCH_ID: i64 = -1;
 /// Responses queued per stream before the stream waits for its client.
 const STREAM_QUEUE: usize = 16;
 
-pub struct WatchService(pub Arc<Shared>);
+/// The most revisions one response carries (etcd's `watchBatchMaxRevs`): a
+/// watcher far behind catches up in several responses, never one unbounded
+/// one. A revision's events are never split between responses (except by
+/// `fragment`, which the client asked for).
+pub const MAX_REVISIONS_PER_RESPONSE: usize = 1000;
 
-#[tonic::async_trait]
-impl Watch for WatchService {
-    type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
+/// How many watch streams and watchers a member has open (etcd's
+/// `watch_stream_total` and `watcher_total`): what shows that a client's
+/// going took its watchers with it.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    streams: AtomicUsize,
+    watchers: AtomicUsize,
+}
 
-    async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
-        let (out, responses) = mpsc::channel(STREAM_QUEUE);
-        let stream = WatchStream { shared: self.0.clone(), out, watchers: BTreeMap::new(), next_id: 0 };
-        tokio::spawn(stream.run(request.into_inner()));
-        Ok(Response::new(ReceiverStream::new(responses)))
+impl Gauges {
+    pub fn streams(&self) -> usize {
+        self.streams.load(Ordering::Relaxed)
     }
+
+    pub fn watchers(&self) -> usize {
+        self.watchers.load(Ordering::Relaxed)
+    }
+}
+
+/// What a stream sends: responses, or the error that ends it.
+pub type Responses = mpsc::Receiver<Result<WatchResponse, Status>>;
+
+/// Serves one watch stream whose client sends `requests`, on a task of its
+/// own, until the client goes (its requests end or it drops the receiver)
+/// or the member stops (the last item is then `Unavailable`).
+pub fn serve<R>(shared: Arc<Shared>, requests: R) -> Responses
+where
+    R: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
+{
+    let (out, responses) = mpsc::channel(STREAM_QUEUE);
+    shared.watches.streams.fetch_add(1, Ordering::Relaxed);
+    let stream = WatchStream { shared, out, watchers: BTreeMap::new(), next_id: 0 };
+    tokio::spawn(stream.run(requests));
+    responses
 }
 
 struct Watcher {
@@ -64,8 +100,38 @@ struct Watcher {
     quiet: bool,
 }
 
+impl Watcher {
+    /// The watcher's next response from `kv` (events of at most
+    /// [`MAX_REVISIONS_PER_RESPONSE`] revisions) and the cursor after it.
+    fn batch(&self, kv: &KvStore) -> (Vec<Event>, i64) {
+        let mut events = Vec::new();
+        let (mut revisions, mut last) = (0, None);
+        let wanted = |c: &Change<'_>| if c.kv.version == 0 { !self.no_delete } else { !self.no_put };
+        for change in kv.history().changes_since(self.next, &self.range, self.prev_kv).filter(wanted) {
+            let revision = change.kv.mod_revision;
+            if last != Some(revision) {
+                if revisions == MAX_REVISIONS_PER_RESPONSE {
+                    return (events, revision);
+                }
+                revisions += 1;
+                last = Some(revision);
+            }
+            events.push(event(change, self.prev_kv));
+        }
+        (events, kv.revision() + 1)
+    }
+}
+
 /// The client went away: the stream ends.
 struct Gone;
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        let gauges = &self.shared.watches;
+        gauges.watchers.fetch_sub(self.watchers.len(), Ordering::Relaxed);
+        gauges.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 struct WatchStream {
     shared: Arc<Shared>,
@@ -77,17 +143,20 @@ struct WatchStream {
 }
 
 impl WatchStream {
-    async fn run(mut self, mut requests: Streaming<WatchRequest>) {
+    async fn run<R>(mut self, mut requests: R)
+    where
+        R: Stream<Item = Result<WatchRequest, Status>> + Unpin,
+    {
         let mut applied = self.shared.applied.clone();
         let mut progress = tokio::time::interval(self.shared.settings.watch_progress_notify_interval);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         progress.tick().await; // the first tick is immediate
         loop {
             let step = tokio::select! {
-                request = requests.message() => match request {
-                    Ok(Some(request)) => self.handle(request).await,
+                request = requests.next() => match request {
+                    Some(Ok(request)) => self.handle(request).await,
                     // The client closed its side, or the stream broke.
-                    Ok(None) | Err(_) => return,
+                    None | Some(Err(_)) => return,
                 },
                 changed = applied.changed() => match changed {
                     Ok(()) => {
@@ -114,7 +183,7 @@ impl WatchStream {
             Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
             Some(RequestUnion::CancelRequest(cancel)) => {
                 // As etcd: cancelling an unknown watcher answers nothing.
-                if self.watchers.remove(&cancel.watch_id).is_some() {
+                if self.remove(cancel.watch_id) {
                     let revision = self.current().revision();
                     self.send(WatchResponse { watch_id: cancel.watch_id, canceled: true, ..self.response(revision) })
                         .await?;
@@ -167,42 +236,40 @@ impl WatchStream {
             quiet: true,
         };
         self.watchers.insert(id, watcher);
+        self.shared.watches.watchers.fetch_add(1, Ordering::Relaxed);
         // History from the start revision, if it is in the past.
         self.deliver(&kv).await
     }
 
-    /// Sends every watcher what `kv` holds for it beyond its cursor.
+    /// Sends every watcher what `kv` holds for it beyond its cursor, in
+    /// batches, until each is at `kv`'s revision.
     async fn deliver(&mut self, kv: &KvStore) -> Result<(), Gone> {
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
-            let Some(w) = self.watchers.get_mut(&id) else { continue };
-            if w.next > kv.revision() {
-                continue;
-            }
-            if w.next < kv.compact_revision() {
-                self.watchers.remove(&id);
-                self.send(self.compacted(id, kv)).await?;
-                continue;
-            }
-            let events: Vec<Event> = kv
-                .history()
-                .changes_since(w.next, &w.range)
-                .filter(|c| if c.kv.version == 0 { !w.no_delete } else { !w.no_put })
-                .map(|c| event(c, w.prev_kv))
-                .collect();
-            w.next = kv.revision() + 1;
-            if events.is_empty() {
-                continue;
-            }
-            w.quiet = false;
-            let fragment = w.fragment;
-            let response = WatchResponse { watch_id: id, events, ..self.response(kv.revision()) };
-            if fragment {
-                for part in fragments(response, self.shared.settings.max_request_bytes) {
-                    self.send(part).await?;
+            while let Some(w) = self.watchers.get_mut(&id) {
+                if w.next > kv.revision() {
+                    break;
                 }
-            } else {
-                self.send(response).await?;
+                if w.next < kv.compact_revision() {
+                    self.remove(id);
+                    self.send(self.compacted(id, kv)).await?;
+                    break;
+                }
+                let (events, next) = w.batch(kv);
+                w.next = next;
+                if events.is_empty() {
+                    continue;
+                }
+                w.quiet = false;
+                let fragment = w.fragment;
+                let response = WatchResponse { watch_id: id, events, ..self.response(kv.revision()) };
+                if fragment {
+                    for part in fragments(response, self.shared.settings.max_request_bytes) {
+                        self.send(part).await?;
+                    }
+                } else {
+                    self.send(response).await?;
+                }
             }
         }
         Ok(())
@@ -221,6 +288,15 @@ impl WatchStream {
             self.send(WatchResponse { watch_id: id, ..self.response(kv.revision()) }).await?;
         }
         Ok(())
+    }
+
+    /// Forgets watcher `id`; whether there was one.
+    fn remove(&mut self, id: i64) -> bool {
+        let removed = self.watchers.remove(&id).is_some();
+        if removed {
+            self.shared.watches.watchers.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
     }
 
     fn current(&self) -> KvStore {
@@ -305,6 +381,43 @@ mod tests {
             kv: Some(KeyValue { key: format!("k{i}").into(), value: vec![b'v'; size].into(), ..Default::default() }),
             prev_kv: None,
         }
+    }
+
+    fn watcher(range: KeyRange, next: i64) -> Watcher {
+        let (prev_kv, no_put, no_delete, progress_notify, fragment, quiet) = (true, false, false, false, false, true);
+        Watcher { range, next, prev_kv, no_put, no_delete, progress_notify, fragment, quiet }
+    }
+
+    #[test]
+    fn a_watcher_far_behind_catches_up_in_bounded_batches_that_miss_nothing() {
+        let mut kv = KvStore::new();
+        let total = 2 * MAX_REVISIONS_PER_RESPONSE + 10;
+        for i in 0..total {
+            // Two keys, so a revision's change and the one before it differ.
+            let req = crate::proto::etcdserverpb::PutRequest {
+                key: format!("k{}", i % 2).into(),
+                value: i.to_string().into(),
+                ..Default::default()
+            };
+            kv.apply(&crate::kv::put_command(req)).unwrap();
+        }
+        let mut w = watcher(KeyRange::From("k".into()), 1);
+        let mut seen = Vec::new();
+        while w.next <= kv.revision() {
+            let (events, next) = w.batch(&kv);
+            assert!(!events.is_empty() && events.len() <= MAX_REVISIONS_PER_RESPONSE, "{} events", events.len());
+            let first = events[0].kv.as_ref().unwrap().mod_revision;
+            if !seen.is_empty() {
+                assert_eq!(first, w.next, "a batch starts where the last one stopped");
+            }
+            seen.extend(events);
+            w.next = next;
+        }
+        let revisions: Vec<i64> = seen.iter().map(|e| e.kv.as_ref().unwrap().mod_revision).collect();
+        // The store's first write is revision 2, as in etcd.
+        assert_eq!(revisions, (2..=total as i64 + 1).collect::<Vec<_>>(), "every revision once, in order");
+        let prev = seen[5].prev_kv.as_ref().expect("prev_kv asked for");
+        assert_eq!(prev.mod_revision, seen[5].kv.as_ref().unwrap().mod_revision - 2, "the key's record before");
     }
 
     #[test]

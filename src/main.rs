@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use raftkv::bench::watch::WatchArgs;
 use raftkv::bench::{BenchArgs, Workload};
 use raftkv::client::DEV_ENDPOINTS;
-use raftkv::client::{Client, ClientError};
+use raftkv::client::{Client, ClientError, ResumingWatch, output};
 use raftkv::kv::prefix_end;
 use raftkv::proto::etcdserverpb::{DeleteRangeRequest, RangeRequest, WatchCreateRequest, WatchResponse};
-use raftkv::proto::mvccpb::event::EventType;
 use raftkv::server::{self, ServerArgs};
 use tokio::sync::watch;
 
@@ -79,6 +79,9 @@ enum Command {
         /// Also print each key's value before the change.
         #[arg(long)]
         prev_kv: bool,
+        /// simple: etcdctl's lines; json: each response on one line, as `etcdctl watch -w json`.
+        #[arg(short = 'w', long = "write-out", default_value = "simple", value_parser = ["simple", "json"])]
+        write_out: String,
         #[command(flatten)]
         conn: Conn,
     },
@@ -129,6 +132,12 @@ enum BenchWorkload {
         /// l: linearizable (confirmed with the leader); s: serializable (the member's own state).
         #[arg(long, default_value = "l", value_parser = ["l", "s"])]
         consistency: String,
+    },
+    /// --watchers over the whole key space, spread over the endpoints, while the
+    /// clients put: events delivered per second and put-to-event latency.
+    Watch {
+        #[command(flatten)]
+        args: WatchArgs,
     },
 }
 
@@ -229,8 +238,7 @@ async fn run(command: Command) -> Result<(), Failure> {
                 println!("{}\n{}", String::from_utf8_lossy(&kv.key), String::from_utf8_lossy(&kv.value));
             }
         }
-        Command::Watch { key, prefix, rev, prev_kv, conn } => {
-            let mut client = Client::connect(&conn.endpoints).await?;
+        Command::Watch { key, prefix, rev, prev_kv, write_out, conn } => {
             let range_end = range_end(&key, prefix);
             let create = WatchCreateRequest {
                 key: key.into(),
@@ -239,7 +247,8 @@ async fn run(command: Command) -> Result<(), Failure> {
                 prev_kv,
                 ..Default::default()
             };
-            print_watch(client.watch(create).await?).await?;
+            let format = if write_out == "json" { output::json } else { output::simple };
+            print_watch(ResumingWatch::new(&conn.endpoints, create), format).await?;
         }
         Command::Compact { revision, conn } => {
             let mut client = Client::connect(&conn.endpoints).await?;
@@ -254,25 +263,33 @@ async fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Status { conn } => status(&conn.endpoints).await?,
         Command::Shell { conn } => {
-            // The prompt reads stdin, which blocks: give it a thread of its own.
-            let handle = tokio::runtime::Handle::current();
-            tokio::task::spawn_blocking(move || {
-                handle.block_on(raftkv::shell::run(&conn.endpoints, std::io::stdin().lock(), std::io::stdout()))
-            })
-            .await??;
+            let input = std::io::BufReader::new(std::io::stdin());
+            raftkv::shell::run(&conn.endpoints, input, std::io::stdout()).await?;
         }
-        Command::Bench { workload } => {
-            let (args, workload) = match workload {
-                BenchWorkload::Put { args } => (args, Workload::Put),
-                BenchWorkload::Get { args, consistency } => (args, Workload::Get { serializable: consistency == "s" }),
-            };
-            println!(
-                "bench {workload:?}: {} requests, {} clients over {} connections, keys of {} bytes in a space of {}, values of {} bytes",
-                args.total, args.clients, args.conns, args.key_size, args.key_space_size, args.val_size
-            );
-            raftkv::bench::run(&args, workload).await?.print();
-        }
+        Command::Bench { workload } => match workload {
+            BenchWorkload::Put { args } => bench(&args, Workload::Put).await?,
+            BenchWorkload::Get { args, consistency } => {
+                bench(&args, Workload::Get { serializable: consistency == "s" }).await?
+            }
+            BenchWorkload::Watch { args } => {
+                let p = &args.puts;
+                println!(
+                    "bench watch: {} watchers on {} streams; {} puts from {} clients over {} connections, values of {} bytes",
+                    args.watchers, args.streams, p.total, p.clients, p.conns, p.val_size
+                );
+                raftkv::bench::watch::run(&args).await?.print();
+            }
+        },
     }
+    Ok(())
+}
+
+async fn bench(args: &BenchArgs, workload: Workload) -> Result<(), ClientError> {
+    println!(
+        "bench {workload:?}: {} requests, {} clients over {} connections, keys of {} bytes in a space of {}, values of {} bytes",
+        args.total, args.clients, args.conns, args.key_size, args.key_space_size, args.val_size
+    );
+    raftkv::bench::run(args, workload).await?.print();
     Ok(())
 }
 
@@ -321,25 +338,19 @@ fn range_end(key: &str, prefix: bool) -> Vec<u8> {
     if prefix { prefix_end(key.as_bytes()) } else { Vec::new() }
 }
 
-/// Prints a watch's events as etcdctl does, until the stream ends.
-async fn print_watch(mut responses: tonic::Streaming<WatchResponse>) -> anyhow::Result<()> {
+/// Prints a watch's events in `format`, as etcdctl does, until the server
+/// cancels the watch. A broken stream is resumed, so nothing is missed.
+async fn print_watch(mut watch: ResumingWatch, format: fn(&WatchResponse) -> String) -> anyhow::Result<()> {
     use std::io::Write;
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    while let Some(resp) = responses.message().await? {
-        if resp.canceled {
-            anyhow::bail!("watch was canceled ({})", resp.cancel_reason);
+    loop {
+        let response = watch.next().await?;
+        if response.events.is_empty() {
+            continue;
         }
         let mut out = std::io::stdout().lock();
-        for event in resp.events {
-            let kind = if event.r#type == EventType::Delete as i32 { "DELETE" } else { "PUT" };
-            writeln!(out, "{kind}")?;
-            for kv in event.prev_kv.iter().chain(event.kv.iter()) {
-                writeln!(out, "{}\n{}", text(&kv.key), text(&kv.value))?;
-            }
-        }
+        out.write_all(format(&response).as_bytes())?;
         out.flush()?;
     }
-    anyhow::bail!("the watch stream ended")
 }
 
 async fn status(endpoints: &[String]) -> anyhow::Result<()> {

@@ -299,3 +299,110 @@ async fn cli_watch_prints_history_then_live_changes() {
     .await
     .unwrap();
 }
+
+/// `GET /v1/watch/{key}` streams newline-delimited JSON (history from
+/// `rev`, then live changes; a compacted start ends the stream with the
+/// compaction revision; bad input is a 400), and the shell's `watch` prints
+/// changes until Enter.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_watch_streams_json_lines_and_the_shell_watches_until_enter() {
+    let cluster = Cluster::start(3);
+    cluster.wait_leader(Duration::from_secs(15)).await;
+    let urls = cluster.endpoints();
+    tokio::task::spawn_blocking(move || {
+        let json = |body: String| serde_json::from_str::<serde_json::Value>(&body).unwrap();
+        let put = |k: &str, v: &str| {
+            let resp = ureq::put(&format!("{}/v1/kv/{k}", urls[0])).send(v).unwrap();
+            json(resp.into_body().read_to_string().unwrap())["revision"].as_i64().unwrap()
+        };
+        let first = put("hw/a", "1");
+        put("hw/b", "2");
+        ureq::delete(&format!("{}/v1/kv/hw/a", urls[0])).call().unwrap();
+
+        let url = format!("{}/v1/watch/hw/?prefix=true&rev={first}&prev_kv=true", urls[2]);
+        let resp = ureq::get(&url).call().unwrap();
+        assert_eq!(resp.headers().get("content-type").unwrap(), "application/x-ndjson");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut reader = std::io::BufReader::new(resp.into_body().into_reader());
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                if tx.send(json(std::mem::take(&mut line))).is_err() {
+                    break;
+                }
+            }
+        });
+        let next = || rx.recv_timeout(Duration::from_secs(10)).expect("a watch line within 10 s");
+        let created = next();
+        assert_eq!(created["created"], true, "{created}");
+        let history = [next(), next(), next()];
+        assert_eq!(
+            history
+                .iter()
+                .map(|e| (e["type"].clone(), e["key"].clone(), e["mod_revision"].clone()))
+                .collect::<Vec<_>>(),
+            [("PUT", "hw/a", first), ("PUT", "hw/b", first + 1), ("DELETE", "hw/a", first + 2)].map(|(t, k, r)| (
+                t.into(),
+                k.into(),
+                r.into()
+            )),
+            "{history:?}"
+        );
+        assert_eq!(history[0]["value"], "1");
+        assert_eq!(history[2]["prev_value"], "1", "the delete carries the value before it");
+        let now = put("hw/c", "3");
+        let live = next();
+        assert_eq!(
+            (live["key"].as_str(), live["value"].as_str(), live["mod_revision"].as_i64()),
+            (Some("hw/c"), Some("3"), Some(now))
+        );
+
+        // A start below the compaction point: the stream says so and ends.
+        assert!(raftkv(&["compact", &now.to_string(), "--endpoints", &urls[0]]).status.success());
+        let body = ureq::get(&format!("{}/v1/watch/hw/a?rev={first}", urls[1]))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap();
+        let last = json(body.lines().last().unwrap().to_string());
+        assert_eq!((last["canceled"].as_bool(), last["compact_revision"].as_i64()), (Some(true), Some(now)), "{body}");
+        assert!(last["reason"].as_str().unwrap().contains("compacted"), "{body}");
+        for bad in ["/v1/watch/hw/a?rev=soon", "/v1/watch/"] {
+            let answer = ureq::get(&format!("{}{bad}", urls[1])).call();
+            assert!(matches!(answer, Err(ureq::Error::StatusCode(400))), "{bad}: {answer:?}");
+        }
+
+        // The shell: history and a live change, then Enter ends the watch
+        // and the prompt goes on.
+        let mut shell = Command::new(env!("CARGO_BIN_EXE_raftkv"))
+            .args(["shell", "--endpoints", &urls.join(",")])
+            .env("RAFTKV_LOG", "error")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        let mut input = shell.stdin.take().unwrap();
+        let mut lines = Lines::of(&mut shell);
+        writeln!(input, "watch --prefix --rev {now} hw/").unwrap();
+        lines.until(5, Duration::from_secs(10));
+        put("hw/d", "4");
+        assert_eq!(lines.until(8, Duration::from_secs(10)).len(), 8, "the live change was printed");
+        writeln!(input).unwrap();
+        writeln!(input, "get hw/d\nexit").unwrap();
+        drop(input);
+        let status = shell.wait().unwrap();
+        let seen = lines.until(9, Duration::from_secs(10));
+        assert!(status.success());
+        assert_eq!(
+            seen[1..8],
+            ["raftkv> watching; press Enter to stop", "PUT", "hw/c", "3", "PUT", "hw/d", "4"],
+            "{seen:?}"
+        );
+        assert_eq!(seen[8], "raftkv> 4", "after Enter, the prompt reads on: {seen:?}");
+    })
+    .await
+    .unwrap();
+}

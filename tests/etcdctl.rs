@@ -260,3 +260,45 @@ async fn make_mirror_copies_then_follows_live_puts() {
     .await
     .unwrap();
 }
+
+/// `raftkv watch` prints what `etcdctl watch` prints, in both formats, for
+/// the same history on the same member: a prefix from a past revision with
+/// previous values, and a single key.
+#[tokio::test(flavor = "multi_thread")]
+async fn raftkv_watch_prints_what_etcdctl_watch_prints() {
+    let cluster = cluster().await;
+    let urls = cluster.endpoints();
+    tokio::task::spawn_blocking(move || {
+        let all = urls.join(",");
+        let put = etcdctl(&["--endpoints", &all, "put", "jw/a", "1", "-w", "json"], None);
+        let first = serde_json::from_str::<serde_json::Value>(&put).unwrap()["header"]["revision"].as_i64().unwrap();
+        etcdctl(&["--endpoints", &all, "put", "jw/b", "2"], None);
+        etcdctl(&["--endpoints", &all, "put", "jw/a", "3"], None);
+        etcdctl(&["--endpoints", &all, "del", "jw/b"], None);
+        let rev = format!("--rev={first}");
+        // The same arguments to both tools, and the lines each prints for the history.
+        let cases: [(&[&str], usize); 3] = [
+            (&["watch", "jw/", "--prefix", &rev, "--prev-kv", "-w", "json"], 1),
+            (&["watch", "jw/", "--prefix", &rev, "--prev-kv"], 16),
+            (&["watch", "jw/a", &rev], 6),
+        ];
+        for (args, lines) in cases {
+            let run = |program: &str, args: &[&str]| {
+                let mut command = Command::new(program);
+                command.args(args).args(["--endpoints", &urls[1]]).env("ETCDCTL_API", "3").env("RAFTKV_LOG", "error");
+                let mut child =
+                    command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
+                let seen = Lines::of(&mut child).until(lines, Duration::from_secs(10));
+                let _ = child.kill();
+                let _ = child.wait();
+                seen
+            };
+            let theirs = run("etcdctl", args);
+            let ours = run(env!("CARGO_BIN_EXE_raftkv"), args);
+            assert_eq!(theirs.len(), lines, "etcdctl {args:?}: {theirs:?}");
+            assert_eq!(ours, theirs, "raftkv {args:?}");
+        }
+    })
+    .await
+    .unwrap();
+}

@@ -4,7 +4,10 @@
 //! etcd side by side. `clients` tasks share `conns` gRPC connections (spread
 //! over the endpoints, or all to the leader with `--target-leader`, as etcd's
 //! tool does) and issue `total` requests between them, one at a time each;
-//! every latency is recorded in an HDR histogram.
+//! every latency is recorded in an HDR histogram. [`watch`] measures
+//! watchers: how fast puts reach them, and what they cost the puts.
+
+pub mod watch;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -108,7 +111,7 @@ impl Report {
 
 /// Microseconds from 1 µs to 60 s at 3 significant figures. Fixed bounds:
 /// `saturating_record` clamps to them rather than growing the histogram.
-fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
@@ -118,7 +121,7 @@ fn key(i: u64, size: usize) -> Bytes {
 }
 
 /// Connections to the endpoints under test, and those endpoints.
-async fn connect(args: &BenchArgs) -> Result<(Vec<Channel>, Vec<String>), ClientError> {
+pub(crate) async fn connect(args: &BenchArgs) -> Result<(Vec<Channel>, Vec<String>), ClientError> {
     if args.endpoints.is_empty() || args.conns == 0 || args.clients == 0 {
         return Err(ClientError::BadEndpoint("need at least one endpoint, connection and client".into()));
     }
@@ -153,6 +156,16 @@ async fn connect(args: &BenchArgs) -> Result<(Vec<Channel>, Vec<String>), Client
 
 /// Runs the workload and reports on it.
 pub async fn run(args: &BenchArgs, workload: Workload) -> Result<Report, ClientError> {
+    run_stamped(args, workload, None).await
+}
+
+/// Runs the workload; with an `epoch`, each put's value starts with the
+/// nanoseconds from it to the put's sending (see [`watch::stamp`]).
+pub(crate) async fn run_stamped(
+    args: &BenchArgs,
+    workload: Workload,
+    epoch: Option<Instant>,
+) -> Result<Report, ClientError> {
     let (channels, endpoints) = connect(args).await?;
     let key_space = args.key_space_size.max(1);
     if let Workload::Get { .. } = workload {
@@ -189,7 +202,11 @@ pub async fn run(args: &BenchArgs, workload: Workload) -> Result<Report, ClientE
                 let start = Instant::now();
                 let result = match workload {
                     Workload::Put => {
-                        kv.put(PutRequest { key: k, value: value.clone(), ..Default::default() }).await.map(drop)
+                        let value = match epoch {
+                            Some(epoch) => watch::stamp(&value, epoch),
+                            None => value.clone(),
+                        };
+                        kv.put(PutRequest { key: k, value, ..Default::default() }).await.map(drop)
                     }
                     Workload::Get { serializable } => {
                         kv.range(RangeRequest { key: k, serializable, ..Default::default() }).await.map(drop)

@@ -9,23 +9,26 @@
 //!
 //! Reads are retried on another endpoint when one is unavailable. A write is
 //! sent once: if it fails, the caller is told (it may or may not have been
-//! applied) and the leader is looked up again before the next write.
+//! applied) and the leader is looked up again before the next write. A
+//! watch ([`ResumingWatch`]) resumes after a broken stream from the revision
+//! after the last one it delivered.
+
+pub mod output;
+pub mod watch;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::proto::etcdserverpb::cluster_client::ClusterClient;
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use crate::proto::etcdserverpb::watch_client::WatchClient;
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, MemberListRequest, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse, WatchCreateRequest, WatchRequest,
-    WatchResponse, watch_request,
+    PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse,
 };
+pub use watch::ResumingWatch;
 
 /// The endpoints of the cluster `raftkv dev` starts.
 pub const DEV_ENDPOINTS: &str = "http://127.0.0.1:2379,http://127.0.0.1:22379,http://127.0.0.1:32379";
@@ -38,6 +41,9 @@ pub enum ClientError {
     BadEndpoint(String),
     #[error("{}", .0.message())]
     Server(#[from] tonic::Status),
+    /// The server ended a watch: etcdctl's wording, etcd's reason.
+    #[error("watch was canceled ({reason})")]
+    WatchCanceled { reason: String, compact_revision: i64 },
 }
 
 pub struct Client {
@@ -173,19 +179,6 @@ impl Client {
         let channel = self.write_channel().await;
         let result = KvClient::new(channel).compact(CompactionRequest { revision, physical: true }).await;
         self.after_write(result)
-    }
-
-    /// Opens a watch with `create` and returns its responses, the first of
-    /// which says whether it was created. The request side stays open for
-    /// as long as the returned stream lives.
-    pub async fn watch(&mut self, create: WatchCreateRequest) -> Result<Streaming<WatchResponse>, ClientError> {
-        self.idempotent(|ch| {
-            let request =
-                WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create.clone())) };
-            let requests = tokio_stream::StreamExt::chain(tokio_stream::iter([request]), tokio_stream::pending());
-            async move { Ok(WatchClient::new(ch).watch(requests).await?.into_inner()) }
-        })
-        .await
     }
 
     /// One member's status, asked at `endpoint` directly.

@@ -94,7 +94,7 @@ pub async fn run(
             }
             "watch" => match watch_request(rest) {
                 Ok(create) => {
-                    let mut watch = ResumingWatch::new(&[client.endpoint().to_string()], create);
+                    let mut watch = ResumingWatch::new(endpoints, create);
                     watch_until_input(&mut watch, &mut lines, &mut out).await
                 }
                 Err(usage) => {

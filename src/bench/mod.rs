@@ -141,17 +141,20 @@ pub(crate) async fn connect(args: &BenchArgs) -> Result<(Vec<Channel>, Vec<Strin
     };
     let mut channels = Vec::new();
     for i in 0..args.conns {
-        let url = &endpoints[i % endpoints.len()];
-        let endpoint = Endpoint::from_shared(url.clone()).map_err(|_| ClientError::BadEndpoint(url.clone()))?;
-        let channel = endpoint
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| ClientError::Unreachable { endpoints: url.clone(), last: e.to_string() })?;
-        channels.push(channel);
+        channels.push(channel_to(&endpoints[i % endpoints.len()]).await?);
     }
     let used = endpoints.into_iter().take(args.conns).collect();
     Ok((channels, used))
+}
+
+/// A connection of its own to `url`.
+pub(crate) async fn channel_to(url: &str) -> Result<Channel, ClientError> {
+    let endpoint = Endpoint::from_shared(url.to_string()).map_err(|_| ClientError::BadEndpoint(url.to_string()))?;
+    endpoint
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| ClientError::Unreachable { endpoints: url.to_string(), last: e.to_string() })
 }
 
 /// Runs the workload and reports on it.

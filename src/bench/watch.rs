@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
-use tonic::transport::Endpoint;
 
-use super::{BenchArgs, Report, Workload, new_histogram, run_stamped};
+use super::{BenchArgs, Report, Workload, channel_to, new_histogram, run_stamped};
 use crate::client::ClientError;
 use crate::proto::etcdserverpb::watch_client::WatchClient;
 use crate::proto::etcdserverpb::{WatchCreateRequest, WatchRequest, watch_request};
@@ -93,13 +92,7 @@ pub async fn run(args: &WatchArgs) -> Result<WatchReport, ClientError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     let mut streams = Vec::new();
     for s in 0..args.streams {
-        let url = &puts.endpoints[s % puts.endpoints.len()];
-        let endpoint = Endpoint::from_shared(url.clone()).map_err(|_| ClientError::BadEndpoint(url.clone()))?;
-        let channel = endpoint
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| ClientError::Unreachable { endpoints: url.clone(), last: e.to_string() })?;
+        let channel = channel_to(&puts.endpoints[s % puts.endpoints.len()]).await?;
         let watchers = args.watchers / args.streams + usize::from(s < args.watchers % args.streams);
         let requests = (0..watchers).map(|_| WatchRequest {
             request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {

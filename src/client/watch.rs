@@ -36,6 +36,8 @@ pub struct ResumingWatch {
     opened: bool,
     backoff: Duration,
     resumes: u64,
+    /// Failed attempts since the last response.
+    failures: u32,
 }
 
 impl ResumingWatch {
@@ -52,6 +54,7 @@ impl ResumingWatch {
             opened: false,
             backoff: FIRST_BACKOFF,
             resumes: 0,
+            failures: 0,
         }
     }
 
@@ -67,7 +70,7 @@ impl ResumingWatch {
 
     /// The endpoint the watch uses now.
     pub fn endpoint(&self) -> &str {
-        &self.endpoints[self.current]
+        self.endpoints.get(self.current).map_or("", String::as_str)
     }
 
     /// The next response: the first stream's `created` answer, then events
@@ -82,6 +85,7 @@ impl ResumingWatch {
             match stream.message().await {
                 Ok(Some(response)) => {
                     self.backoff = FIRST_BACKOFF;
+                    self.failures = 0;
                     if let Some(response) = self.take(response)? {
                         return Ok(response);
                     }
@@ -124,16 +128,12 @@ impl ResumingWatch {
         let request = WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) };
         // The request side stays open for as long as the stream lives.
         let requests = tokio_stream::StreamExt::chain(tokio_stream::iter([request]), tokio_stream::pending());
-        let url = self.endpoints[self.current].clone();
-        let opened = match channel(&url) {
-            Ok(channel) => {
-                // As etcd's clients: a response may be as large as the server sends.
-                let mut client = WatchClient::new(channel).max_decoding_message_size(i32::MAX as usize);
-                client.watch(requests).await
-            }
-            Err(e) => return Err(e),
+        let Some(url) = self.endpoints.get(self.current) else {
+            return Err(ClientError::BadEndpoint("no endpoints given".into()));
         };
-        match opened {
+        // As etcd's clients: a response may be as large as the server sends.
+        let mut client = WatchClient::new(channel(url)?).max_decoding_message_size(i32::MAX as usize);
+        match client.watch(requests).await {
             Ok(response) => self.stream = Some(response.into_inner()),
             Err(status) if retryable(status.code()) => self.broken(status.message()).await,
             Err(status) => return Err(status.into()),
@@ -143,7 +143,13 @@ impl ResumingWatch {
 
     /// The stream is gone: wait, then try the next endpoint.
     async fn broken(&mut self, why: &str) {
-        tracing::debug!(endpoint = self.endpoint(), next = self.next, why, "watch stream broken; resuming");
+        self.failures += 1;
+        // Said at powers of two, so a cluster that stays down is reported
+        // without a line per attempt.
+        if self.failures.is_power_of_two() {
+            let (endpoint, next, failures) = (self.endpoint(), self.next, self.failures);
+            tracing::warn!(endpoint, next, failures, why, "watch stream broken; resuming from revision next");
+        }
         if self.stream.take().is_some() {
             self.resumes += 1;
         } else {

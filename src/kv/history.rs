@@ -4,9 +4,12 @@
 //! - `versions` maps (key, revision) to the key's record as of that revision.
 //!   A deletion is a tombstone: a record with `version` 0, which no live key
 //!   has (a live key's version counts from 1).
-//! - `changes` maps each revision to the keys it changed: what compaction
-//!   walks, so compacting costs in proportion to the revisions it drops, not
-//!   to the size of the map.
+//! - `changes` maps each revision to the records it wrote, in the order
+//!   its command wrote them (one per key: a transaction may not touch a key
+//!   twice): what compaction walks, so compacting costs in proportion to the
+//!   revisions it drops, not to the size of the map, and what a watch reads
+//!   without a lookup per event. A record there shares its key and value
+//!   bytes with its copy in `versions`.
 //! - After a compaction at `c`, each key keeps its newest record below `c`
 //!   unless that is a tombstone, and every record from `c` on, with the
 //!   revisions' change lists: a read at any revision from `c` on answers
@@ -18,9 +21,10 @@
 //! scratch state, a snapshot's cut, a read's view) copies history too.
 
 use std::ops::Bound;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use imbl::{OrdMap, Vector};
+use imbl::OrdMap;
 
 use super::range::KeyRange;
 use crate::proto::mvccpb::KeyValue;
@@ -28,7 +32,9 @@ use crate::proto::mvccpb::KeyValue;
 #[derive(Clone, Debug, Default)]
 pub struct History {
     versions: OrdMap<(Bytes, i64), KeyValue>,
-    changes: OrdMap<i64, Vector<Bytes>>,
+    /// Per revision, an `Arc` so the map's copy-on-write copies a pointer:
+    /// an `imbl::Vector` of records would allocate a 64-record chunk each.
+    changes: OrdMap<i64, Arc<Vec<KeyValue>>>,
     /// The oldest revision a read may ask for.
     oldest: i64,
 }
@@ -44,10 +50,10 @@ impl History {
     pub fn rebuilt(oldest: i64, records: impl IntoIterator<Item = KeyValue>) -> (History, Vec<KeyValue>) {
         let versions: OrdMap<(Bytes, i64), KeyValue> =
             records.into_iter().map(|kv| ((kv.key.clone(), kv.mod_revision), kv)).collect();
-        let mut changes: std::collections::BTreeMap<i64, Vector<Bytes>> = std::collections::BTreeMap::new();
+        let mut changes: std::collections::BTreeMap<i64, Vec<KeyValue>> = std::collections::BTreeMap::new();
         let mut live: Vec<KeyValue> = Vec::new();
         for ((key, revision), kv) in &versions {
-            changes.entry(*revision).or_default().push_back(key.clone());
+            changes.entry(*revision).or_default().push(kv.clone());
             // In key then revision order: a key's last record is its state.
             match live.last_mut() {
                 Some(last) if last.key == *key => *last = kv.clone(),
@@ -55,7 +61,8 @@ impl History {
             }
         }
         live.retain(|kv| kv.version > 0);
-        (History { versions, changes: changes.into_iter().collect(), oldest }, live)
+        let changes = changes.into_iter().map(|(revision, records)| (revision, Arc::new(records))).collect();
+        (History { versions, changes, oldest }, live)
     }
 
     /// The oldest revision a read may ask for: the compaction point.
@@ -71,7 +78,11 @@ impl History {
     /// Records `kv` as its key's state at its `mod_revision`.
     pub fn record(&mut self, kv: KeyValue) {
         let revision = kv.mod_revision;
-        self.changes.entry(revision).or_default().push_back(kv.key.clone());
+        // Copied only if a clone of the history shares this revision's list,
+        // which a command still writing its revision never has.
+        // Most revisions write one record: room for exactly one at first.
+        let records = self.changes.entry(revision).or_insert_with(|| Arc::new(Vec::with_capacity(1)));
+        Arc::make_mut(records).push(kv.clone());
         self.versions.insert((kv.key.clone(), revision), kv);
     }
 
@@ -120,8 +131,8 @@ impl History {
     pub fn compact(&mut self, revision: i64) {
         let dropped: Vec<i64> = self.changes.range(..revision).map(|(&r, _)| r).collect();
         for r in dropped {
-            let keys = self.changes.remove(&r).unwrap_or_default();
-            for key in keys {
+            let records = self.changes.remove(&r).unwrap_or_default();
+            for key in records.iter().map(|kv| kv.key.clone()) {
                 // Older records of this key: superseded at `r`.
                 let older: Vec<(Bytes, i64)> = self
                     .versions
@@ -166,11 +177,10 @@ impl History {
         range: &'a KeyRange,
         with_prev: bool,
     ) -> impl Iterator<Item = Change<'a>> + 'a {
-        self.changes.range(from..).flat_map(move |(&revision, keys)| {
-            keys.iter().filter(move |key| range.contains(key)).filter_map(move |key| {
-                let kv = self.versions.get(&(key.clone(), revision))?;
-                let prev = if with_prev { self.before(key, revision) } else { None };
-                Some(Change { kv, prev })
+        self.changes.range(from..).flat_map(move |(&revision, records)| {
+            records.iter().filter(move |kv| range.contains(&kv.key)).map(move |kv| {
+                let prev = if with_prev { self.before(&kv.key, revision) } else { None };
+                Change { kv, prev }
             })
         })
     }

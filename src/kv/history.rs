@@ -166,18 +166,18 @@ pub struct Change<'a> {
 }
 
 impl History {
-    /// The changes to keys in `range` at revisions from `from` on, in
+    /// The changes to keys in `range` at the revisions `revisions`, in
     /// revision order and, within a revision, in the order its command made
     /// them; each with the key's record before it when `with_prev` (a
-    /// lookup per change, so only when asked). `from` must not be below
-    /// [`History::oldest`].
-    pub fn changes_since<'a>(
+    /// lookup per change, so only when asked). The revisions must not start
+    /// below [`History::oldest`].
+    pub fn changes_in<'a>(
         &'a self,
-        from: i64,
+        revisions: std::ops::RangeInclusive<i64>,
         range: &'a KeyRange,
         with_prev: bool,
     ) -> impl Iterator<Item = Change<'a>> + 'a {
-        self.changes.range(from..).flat_map(move |(&revision, records)| {
+        self.changes.range(revisions).flat_map(move |(&revision, records)| {
             records.iter().filter(move |kv| range.contains(&kv.key)).map(move |kv| {
                 let prev = if with_prev { self.before(&kv.key, revision) } else { None };
                 Change { kv, prev }

@@ -51,6 +51,11 @@ const STREAM_QUEUE: usize = 16;
 /// `fragment`, which the client asked for).
 pub const MAX_REVISIONS_PER_RESPONSE: usize = 1000;
 
+/// The most revisions one batch looks at: a watcher of one key far behind,
+/// whose revisions are mostly other keys', catches up in bounded scans with
+/// the stream yielding between them, not in one scan that holds a worker.
+const MAX_REVISIONS_SCANNED: i64 = 10_000;
+
 /// How many watch streams and watchers a member has open (etcd's
 /// `watch_stream_total` and `watcher_total`): what shows that a client's
 /// going took its watchers with it.
@@ -102,12 +107,14 @@ struct Watcher {
 
 impl Watcher {
     /// The watcher's next response from `kv` (events of at most
-    /// [`MAX_REVISIONS_PER_RESPONSE`] revisions) and the cursor after it.
+    /// [`MAX_REVISIONS_PER_RESPONSE`] revisions, found among at most
+    /// [`MAX_REVISIONS_SCANNED`]) and the cursor after it.
     fn batch(&self, kv: &KvStore) -> (Vec<Event>, i64) {
         let mut events = Vec::new();
         let (mut revisions, mut last) = (0, None);
         let wanted = |c: &Change<'_>| if c.kv.version == 0 { !self.no_delete } else { !self.no_put };
-        for change in kv.history().changes_since(self.next, &self.range, self.prev_kv).filter(wanted) {
+        let to = kv.revision().min(self.next + MAX_REVISIONS_SCANNED - 1);
+        for change in kv.history().changes_in(self.next..=to, &self.range, self.prev_kv).filter(wanted) {
             let revision = change.kv.mod_revision;
             if last != Some(revision) {
                 if revisions == MAX_REVISIONS_PER_RESPONSE {
@@ -118,7 +125,7 @@ impl Watcher {
             }
             events.push(event(change, self.prev_kv));
         }
-        (events, kv.revision() + 1)
+        (events, to + 1)
     }
 }
 
@@ -258,6 +265,8 @@ impl WatchStream {
                 let (events, next) = w.batch(kv);
                 w.next = next;
                 if events.is_empty() {
+                    // A long scan with nothing to send: let others run.
+                    tokio::task::yield_now().await;
                     continue;
                 }
                 w.quiet = false;
@@ -418,6 +427,34 @@ mod tests {
         assert_eq!(revisions, (2..=total as i64 + 1).collect::<Vec<_>>(), "every revision once, in order");
         let prev = seen[5].prev_kv.as_ref().expect("prev_kv asked for");
         assert_eq!(prev.mod_revision, seen[5].kv.as_ref().unwrap().mod_revision - 2, "the key's record before");
+    }
+
+    #[test]
+    fn a_watcher_of_one_key_far_behind_scans_in_bounded_steps_and_misses_nothing() {
+        let mut kv = KvStore::new();
+        let total = 3 * MAX_REVISIONS_SCANNED + 5;
+        for i in 0..total {
+            // "mine" changes only at a few revisions among many of others'.
+            let key = if i % 9_000 == 0 { "mine".to_string() } else { format!("other{}", i % 7) };
+            let req = crate::proto::etcdserverpb::PutRequest {
+                key: key.into(),
+                value: i.to_string().into(),
+                ..Default::default()
+            };
+            kv.apply(&crate::kv::put_command(req)).unwrap();
+        }
+        let mut w = watcher(KeyRange::One("mine".into()), 1);
+        let (mut seen, mut steps) = (Vec::new(), 0);
+        while w.next <= kv.revision() {
+            let (events, next) = w.batch(&kv);
+            assert!(next - w.next <= MAX_REVISIONS_SCANNED, "one batch scanned {} revisions", next - w.next);
+            seen.extend(events.into_iter().map(|e| e.kv.unwrap().value));
+            w.next = next;
+            steps += 1;
+        }
+        let want: Vec<bytes::Bytes> = (0..total).filter(|i| i % 9_000 == 0).map(|i| i.to_string().into()).collect();
+        assert_eq!(seen, want, "every change to the key, once, in order");
+        assert_eq!(steps, 4, "three full scans and the rest");
     }
 
     #[test]

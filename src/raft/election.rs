@@ -4,6 +4,12 @@
 //! pre-votes (no one changes term for them), and only with a quorum of those
 //! starts a real election. Votes go to candidates whose log is at least as up
 //! to date (Raft §5.4.1), once per term; a vote leaves only once durable.
+//!
+//! Two rules keep elections within the configuration in force, as etcd's
+//! raft does: a member with committed configuration changes it has not yet
+//! applied does not campaign (it would count votes under a configuration
+//! the cluster has left, and could win beside a leader of the new one), and
+//! a candidate counts only the votes of voters of its configuration.
 
 use super::node::Role;
 use super::{Body, Message, NONE, NodeId, Raft};
@@ -36,6 +42,14 @@ impl Raft {
     }
 
     pub(super) fn campaign(&mut self, kind: Campaign) {
+        if self.has_unapplied_conf_changes() {
+            tracing::info!(
+                id = self.id,
+                term = self.term,
+                "not campaigning: committed configuration changes are not applied yet"
+            );
+            return;
+        }
         let term = match kind {
             Campaign::PreVote => {
                 // Keep term and vote: a pre-vote changes nothing durable.
@@ -67,10 +81,18 @@ impl Raft {
         }
     }
 
-    /// Whether a quorum granted; a quorum of refusals makes this a follower.
+    /// Whether a committed entry not yet handed out to be applied changes
+    /// the configuration (etcd's `hasUnappliedConfChanges`).
+    fn has_unapplied_conf_changes(&self) -> bool {
+        self.log.slice(self.log.applied + 1, self.log.committed).any(Entry::is_conf_change)
+    }
+
+    /// Whether a quorum of voters granted; a quorum of refusals makes this a
+    /// follower. Answers from members that are not voters do not count.
     fn tally(&mut self) -> bool {
-        let granted = self.votes.values().filter(|&&g| g).count();
-        let refused = self.votes.len() - granted;
+        let voters = &self.conf.voters;
+        let counted = self.votes.iter().filter(|(id, _)| voters.contains(id));
+        let (granted, refused) = counted.fold((0, 0), |(g, r), (_, &yes)| if yes { (g + 1, r) } else { (g, r + 1) });
         if granted >= self.quorum() {
             return true;
         }

@@ -246,3 +246,61 @@ fn a_follower_that_lost_acknowledged_entries_is_replicated_again() {
     // The commit index never goes back.
     assert_eq!(r.commit_index(), 5);
 }
+
+fn conf_entry(index: u64, term: u64, conf: &ConfState) -> Entry {
+    use prost::Message as _;
+    let data = conf.encode_to_vec().into();
+    Entry { index, term, entry_type: crate::proto::EntryType::EntryConfChange as i32, data }
+}
+
+/// etcd's `hup` rule (etcd-io/etcd#7625): a member that knows two
+/// configuration changes are committed but has not applied them would count
+/// votes under the old configuration, and could win it while a leader of
+/// the new one commits elsewhere. It waits until they are applied.
+#[test]
+fn a_member_with_committed_but_unapplied_configuration_changes_does_not_campaign() {
+    let mut r = node(2, 1, vec![]);
+    let four = ConfState::with_voters([1, 2, 3, 4]);
+    let five = ConfState::with_voters([1, 2, 3, 4, 5]);
+    let entries = vec![conf_entry(1, 1, &four), conf_entry(2, 1, &five)];
+    r.step(msg(1, 2, 1, Body::Append { prev_index: 0, prev_term: 0, entries, commit: 2 }));
+    assert_eq!(r.commit_index(), 2);
+    // Both are committed, neither is durable here yet, so neither is applied.
+    r.campaign_now();
+    assert_eq!(r.term(), 1, "campaigned with committed configuration changes unapplied");
+    let rd = r.ready();
+    assert!(!rd.messages.iter().any(|m| matches!(m.body, Body::Vote { .. })), "asked for votes");
+    r.advance();
+    // Once durable they are applied; then the member campaigns, among the
+    // voters of the configuration now in force.
+    let rd = r.ready();
+    assert_eq!(rd.committed_entries.len(), 2);
+    r.advance();
+    r.apply_conf_change(four);
+    r.apply_conf_change(five);
+    r.campaign_now();
+    assert_eq!(r.term(), 2);
+    // The requests leave once the vote is durable.
+    let rd = r.ready();
+    let mut asked: Vec<NodeId> =
+        rd.persisted_messages.iter().filter(|m| matches!(m.body, Body::Vote { .. })).map(|m| m.to).collect();
+    asked.sort_unstable();
+    assert_eq!(asked, vec![1, 3, 4, 5]);
+}
+
+/// raft-rs's rule: a vote from a member that is not a voter of the
+/// configuration in force (a learner, a removed member, a stranger) counts
+/// for nothing.
+#[test]
+fn a_candidate_counts_only_the_votes_of_voters() {
+    let mut r = node(1, 1, vec![]);
+    r.campaign(Campaign::Election);
+    r.ready();
+    r.advance();
+    let term = r.term();
+    r.step(msg(4, 1, term, Body::VoteResponse { pre: false, granted: true }));
+    r.step(msg(9, 1, term, Body::VoteResponse { pre: false, granted: true }));
+    assert!(!r.is_leader(), "won with the votes of non-voters");
+    r.step(msg(2, 1, term, Body::VoteResponse { pre: false, granted: true }));
+    assert!(r.is_leader());
+}

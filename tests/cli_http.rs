@@ -369,6 +369,29 @@ async fn http_watch_streams_json_lines_and_the_shell_watches_until_enter() {
         let last = json(body.lines().last().unwrap().to_string());
         assert_eq!((last["canceled"].as_bool(), last["compact_revision"].as_i64()), (Some(true), Some(now)), "{body}");
         assert!(last["reason"].as_str().unwrap().contains("compacted"), "{body}");
+        // A client that hangs up on a quiet key takes its watch with it.
+        let gauges = |url: &str| {
+            let status =
+                json(ureq::get(&format!("{url}/v1/status")).call().unwrap().into_body().read_to_string().unwrap());
+            (status["watch_streams"].as_u64().unwrap(), status["watchers"].as_u64().unwrap())
+        };
+        let quiet = ureq::get(&format!("{}/v1/watch/quiet-key", urls[1])).call().unwrap();
+        let mut quiet = std::io::BufReader::new(quiet.into_body().into_reader());
+        let mut created = String::new();
+        std::io::BufRead::read_line(&mut quiet, &mut created).unwrap();
+        assert!(created.contains("created"), "{created}");
+        assert_eq!(gauges(&urls[1]), (1, 1));
+        drop(quiet);
+        // Bounded: 100 × 50 ms.
+        let mut left = gauges(&urls[1]);
+        for _ in 0..100 {
+            if left == (0, 0) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            left = gauges(&urls[1]);
+        }
+        assert_eq!(left, (0, 0), "the watch outlived its HTTP client");
         for bad in ["/v1/watch/hw/a?rev=soon", "/v1/watch/"] {
             let answer = ureq::get(&format!("{}{bad}", urls[1])).call();
             assert!(matches!(answer, Err(ureq::Error::StatusCode(400))), "{bad}: {answer:?}");

@@ -63,8 +63,16 @@ pub(crate) async fn watch(
     let (lines, body) = mpsc::channel::<Result<Bytes, Infallible>>(LINE_QUEUE);
     tokio::spawn(async move {
         // Ends when the watch ends or the client hangs up (the body is
-        // dropped), which drops `responses` and so ends the engine's task.
-        while let Some(item) = responses.recv().await {
+        // dropped), at once even on a quiet key; dropping `responses` then
+        // ends the engine's task and its watcher.
+        loop {
+            let item = tokio::select! {
+                item = responses.recv() => match item {
+                    Some(item) => item,
+                    None => return,
+                },
+                _ = lines.closed() => return,
+            };
             let (text, last) = ndjson(item);
             if (!text.is_empty() && lines.send(Ok(text.into())).await.is_err()) || last {
                 return;

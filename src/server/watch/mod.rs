@@ -132,14 +132,6 @@ impl Watcher {
 /// The client went away: the stream ends.
 struct Gone;
 
-impl Drop for WatchStream {
-    fn drop(&mut self) {
-        let gauges = &self.shared.watches;
-        gauges.watchers.fetch_sub(self.watchers.len(), Ordering::Relaxed);
-        gauges.streams.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 struct WatchStream {
     shared: Arc<Shared>,
     out: mpsc::Sender<Result<WatchResponse, Status>>,
@@ -147,6 +139,14 @@ struct WatchStream {
     /// The next id given to a watcher whose client did not choose one (etcd
     /// counts from 0 on each stream).
     next_id: i64,
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        let gauges = &self.shared.watches;
+        gauges.watchers.fetch_sub(self.watchers.len(), Ordering::Relaxed);
+        gauges.streams.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl WatchStream {
@@ -265,8 +265,10 @@ impl WatchStream {
                 let (events, next) = w.batch(kv);
                 w.next = next;
                 if events.is_empty() {
-                    // A long scan with nothing to send: let others run.
-                    tokio::task::yield_now().await;
+                    if next <= kv.revision() {
+                        // A long scan with nothing to send, and more to scan: let others run.
+                        tokio::task::yield_now().await;
+                    }
                     continue;
                 }
                 w.quiet = false;

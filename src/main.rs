@@ -267,9 +267,9 @@ async fn run(command: Command) -> Result<(), Failure> {
             raftkv::shell::run(&conn.endpoints, input, std::io::stdout()).await?;
         }
         Command::Bench { workload } => match workload {
-            BenchWorkload::Put { args } => bench(&args, Workload::Put).await?,
+            BenchWorkload::Put { args } => bench(&args, Workload::Put).await.map_err(bench_failure)?,
             BenchWorkload::Get { args, consistency } => {
-                bench(&args, Workload::Get { serializable: consistency == "s" }).await?
+                bench(&args, Workload::Get { serializable: consistency == "s" }).await.map_err(bench_failure)?
             }
             BenchWorkload::Watch { args } => {
                 let p = &args.puts;
@@ -277,11 +277,19 @@ async fn run(command: Command) -> Result<(), Failure> {
                     "bench watch: {} watchers on {} streams; {} puts from {} clients over {} connections, values of {} bytes",
                     args.watchers, args.streams, p.total, p.clients, p.conns, p.val_size
                 );
-                raftkv::bench::watch::run(&args).await?.print();
+                raftkv::bench::watch::run(&args).await.map_err(bench_failure)?.print();
             }
         },
     }
     Ok(())
+}
+
+/// Bench settings that cannot work exit 2, as clap's usage errors do.
+fn bench_failure(e: ClientError) -> Failure {
+    match e {
+        ClientError::BadEndpoint(_) | ClientError::BadSettings(_) => Failure::Usage(e.to_string()),
+        e => Failure::Runtime(e.into()),
+    }
 }
 
 async fn bench(args: &BenchArgs, workload: Workload) -> Result<(), ClientError> {

@@ -45,6 +45,10 @@ fn malformed_settings_exit_2_naming_the_field() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("heartbeat-interval"), "{}", stderr(&out));
     assert!(!std::path::Path::new(data).exists(), "a refused start created the data dir");
+    // Load-generator settings that cannot work together are named too.
+    let out = raftkv(&["bench", "watch", "--watchers", "5", "--streams", "10", "--endpoints", "http://127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--watchers (5) at least --streams (10)"), "{}", stderr(&out));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -123,7 +123,7 @@ fn key(i: u64, size: usize) -> Bytes {
 /// Connections to the endpoints under test, and those endpoints.
 pub(crate) async fn connect(args: &BenchArgs) -> Result<(Vec<Channel>, Vec<String>), ClientError> {
     if args.endpoints.is_empty() || args.conns == 0 || args.clients == 0 {
-        return Err(ClientError::BadEndpoint("need at least one endpoint, connection and client".into()));
+        return Err(ClientError::BadSettings("--endpoints, --conns and --clients need at least one each".into()));
     }
     let endpoints = if args.target_leader {
         let mut client = crate::client::Client::connect(&args.endpoints).await?;

@@ -84,7 +84,10 @@ fn stamped_at(value: &[u8]) -> Option<u64> {
 pub async fn run(args: &WatchArgs) -> Result<WatchReport, ClientError> {
     let puts = &args.puts;
     if args.streams == 0 || args.watchers < args.streams || puts.endpoints.is_empty() {
-        return Err(ClientError::BadEndpoint("need endpoints, a stream, and at least a watcher per stream".into()));
+        return Err(ClientError::BadSettings(format!(
+            "--streams must be at least 1 and --watchers ({}) at least --streams ({}), with an endpoint",
+            args.watchers, args.streams
+        )));
     }
     let epoch = Instant::now();
     let events = Arc::new(AtomicU64::new(0));

@@ -39,6 +39,9 @@ pub enum ClientError {
     Unreachable { endpoints: String, last: String },
     #[error("invalid endpoint `{0}`: use http://host:port")]
     BadEndpoint(String),
+    /// Settings that cannot work together, named.
+    #[error("{0}")]
+    BadSettings(String),
     #[error("{}", .0.message())]
     Server(#[from] tonic::Status),
     /// The server ended a watch: etcdctl's wording, etcd's reason.

@@ -38,6 +38,26 @@ fn etcdctl_fails(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `etcdctl put KEY VALUE` through `endpoints`; the revision it made.
+fn put_revision(endpoints: &str, key: &str, value: &str) -> i64 {
+    let put = etcdctl(&["--endpoints", endpoints, "put", key, value, "-w", "json"], None);
+    serde_json::from_str::<serde_json::Value>(&put).unwrap()["header"]["revision"].as_i64().unwrap()
+}
+
+/// `program args` (etcdctl or raftkv) running, with its output lines read as they come.
+fn watching(program: &str, args: &[&str]) -> (std::process::Child, Lines) {
+    let mut child = Command::new(program)
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .env("RAFTKV_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = Lines::of(&mut child);
+    (child, lines)
+}
+
 async fn cluster() -> Cluster {
     let cluster = Cluster::start(3);
     cluster.wait_leader(Duration::from_secs(15)).await;
@@ -197,17 +217,10 @@ async fn watch_prints_history_and_live_changes() {
     let urls = cluster.endpoints();
     tokio::task::spawn_blocking(move || {
         let all = urls.join(",");
-        let put = etcdctl(&["--endpoints", &all, "put", "wk", "one", "-w", "json"], None);
-        let first = serde_json::from_str::<serde_json::Value>(&put).unwrap()["header"]["revision"].as_i64().unwrap();
+        let first = put_revision(&all, "wk", "one");
         etcdctl(&["--endpoints", &all, "del", "wk"], None);
-        let mut child = Command::new("etcdctl")
-            .args(["--endpoints", &urls[2], "watch", "wk", "--prev-kv", &format!("--rev={first}")])
-            .env("ETCDCTL_API", "3")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = Lines::of(&mut child);
+        let rev = format!("--rev={first}");
+        let (mut child, mut lines) = watching("etcdctl", &["--endpoints", &urls[2], "watch", "wk", "--prev-kv", &rev]);
         // History: the put, then the delete with its previous value.
         lines.until(8, Duration::from_secs(10));
         etcdctl(&["--endpoints", &urls[0], "put", "wk", "two"], None);
@@ -270,8 +283,7 @@ async fn raftkv_watch_prints_what_etcdctl_watch_prints() {
     let urls = cluster.endpoints();
     tokio::task::spawn_blocking(move || {
         let all = urls.join(",");
-        let put = etcdctl(&["--endpoints", &all, "put", "jw/a", "1", "-w", "json"], None);
-        let first = serde_json::from_str::<serde_json::Value>(&put).unwrap()["header"]["revision"].as_i64().unwrap();
+        let first = put_revision(&all, "jw/a", "1");
         etcdctl(&["--endpoints", &all, "put", "jw/b", "2"], None);
         etcdctl(&["--endpoints", &all, "put", "jw/a", "3"], None);
         etcdctl(&["--endpoints", &all, "del", "jw/b"], None);
@@ -284,11 +296,9 @@ async fn raftkv_watch_prints_what_etcdctl_watch_prints() {
         ];
         for (args, lines) in cases {
             let run = |program: &str, args: &[&str]| {
-                let mut command = Command::new(program);
-                command.args(args).args(["--endpoints", &urls[1]]).env("ETCDCTL_API", "3").env("RAFTKV_LOG", "error");
-                let mut child =
-                    command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
-                let seen = Lines::of(&mut child).until(lines, Duration::from_secs(10));
+                let args: Vec<&str> = args.iter().copied().chain(["--endpoints", urls[1].as_str()]).collect();
+                let (mut child, mut output) = watching(program, &args);
+                let seen = output.until(lines, Duration::from_secs(10));
                 let _ = child.kill();
                 let _ = child.wait();
                 seen

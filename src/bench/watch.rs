@@ -104,8 +104,7 @@ pub async fn run(args: &WatchArgs) -> Result<WatchReport, ClientError> {
                 ..Default::default()
             })),
         });
-        let requests =
-            tokio_stream::StreamExt::chain(tokio_stream::iter(requests.collect::<Vec<_>>()), tokio_stream::pending());
+        let requests = tokio_stream::StreamExt::chain(tokio_stream::iter(requests), tokio_stream::pending());
         let mut stream =
             WatchClient::new(channel).max_decoding_message_size(i32::MAX as usize).watch(requests).await?.into_inner();
         let (events, created_tx, mut stop) = (events.clone(), created_tx.clone(), stop_rx.clone());

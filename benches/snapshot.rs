@@ -46,7 +46,12 @@ fn map(keys: usize) -> KvStore {
 }
 
 fn header(index: u64, revision: i64, conf: ConfState) -> SnapshotHeader {
-    SnapshotHeader { meta: Some(SnapshotMeta { index, term: 1, conf: Some(conf) }), revision, compact_revision: 1 }
+    SnapshotHeader {
+        meta: Some(SnapshotMeta { index, term: 1, conf: Some(conf) }),
+        revision,
+        compact_revision: 1,
+        membership: None,
+    }
 }
 
 fn create_and_load(c: &mut Criterion) {

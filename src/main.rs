@@ -37,12 +37,16 @@ enum Command {
         #[arg(long, env = "RAFTKV_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Start a local 3-member cluster in this process (clients on ports 2379, 22379,
-    /// 32379; peers on 2380, 22380, 32380). Ctrl-C stops it; data stays in --dir.
+    /// Start a local cluster in this process (member i serves clients on port
+    /// i2379 and peers on i2380: 2379, 22379, 32379, ...). Ctrl-C stops it; data
+    /// stays in --dir.
     Dev {
         /// Where the members keep their data (one subdirectory each).
         #[arg(long, default_value = "raftkv-dev")]
         dir: PathBuf,
+        /// How many members: 1, 3 or 5.
+        #[arg(long, default_value_t = 3, value_parser = dev_size)]
+        members: usize,
     },
     /// Write a key.
     Put {
@@ -100,10 +104,16 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
-    /// A table of the members: id, address, leader, term, commit, applied, revision.
+    /// A table of the members: id, address, leader, learner, term, commit, applied,
+    /// how many entries each is behind, revision.
     Status {
         #[command(flatten)]
         conn: Conn,
+    },
+    /// The members of the cluster: list, add, remove, promote, update.
+    Member {
+        #[command(subcommand)]
+        op: MemberOp,
     },
     /// An interactive prompt: put, get, del, scan, status, help, exit.
     Shell {
@@ -115,6 +125,51 @@ enum Command {
     Bench {
         #[command(subcommand)]
         workload: BenchWorkload,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberOp {
+    /// Every member: id, whether it started, name, peer and client URLs, learner.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Add a member (start it afterwards with the command this prints).
+    Add {
+        /// The new member's name (given to it when it starts).
+        name: String,
+        /// Comma-separated peer URLs the others reach it at.
+        #[arg(long, value_delimiter = ',', required = true)]
+        peer_urls: Vec<String>,
+        /// Join as a learner: it receives the log without voting until promoted.
+        #[arg(long)]
+        learner: bool,
+        /// Where the new member will serve clients (only put in the printed command).
+        #[arg(long)]
+        client_urls: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Remove a member (by hexadecimal id or name). A removed member stops, and never comes back.
+    Remove {
+        member: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Make a learner that has caught up a voter (by id or name).
+    Promote {
+        member: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Give a member new peer URLs (by id or name); every member follows without a restart.
+    Update {
+        member: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        peer_urls: Vec<String>,
+        #[command(flatten)]
+        conn: Conn,
     },
 }
 
@@ -217,7 +272,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             let stop = stop_on_signal();
             server::serve(settings, stop).await?;
         }
-        Command::Dev { dir } => dev(dir).await?,
+        Command::Dev { dir, members } => dev(dir, members).await?,
         Command::Put { key, value, conn } => {
             let mut client = Client::connect(&conn.endpoints).await?;
             client.put(key, value).await?;
@@ -262,6 +317,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             println!("{}", client.delete(req).await?.deleted);
         }
         Command::Status { conn } => status(&conn.endpoints).await?,
+        Command::Member { op } => member(op).await?,
         Command::Shell { conn } => {
             let input = std::io::BufReader::new(std::io::stdin());
             raftkv::shell::run(&conn.endpoints, input, std::io::stdout()).await?;
@@ -301,6 +357,45 @@ async fn bench(args: &BenchArgs, workload: Workload) -> Result<(), ClientError> 
     Ok(())
 }
 
+async fn member(op: MemberOp) -> Result<(), ClientError> {
+    use raftkv::client::members;
+    match op {
+        MemberOp::List { conn } => {
+            let mut client = Client::connect(&conn.endpoints).await?;
+            print!("{}", members::table(&client.member_list().await?));
+        }
+        MemberOp::Add { name, peer_urls, learner, client_urls, conn } => {
+            let mut client = Client::connect(&conn.endpoints).await?;
+            let (added, list) = client.member_add(peer_urls, learner).await?;
+            print!("{}", members::start_instructions(&name, &added, &list, client_urls.as_deref()));
+        }
+        MemberOp::Remove { member, conn } => {
+            let (mut client, id, cluster) = named_member(&conn, &member).await?;
+            client.member_remove(id).await?;
+            println!("Member {id:x} removed from cluster {cluster:x}");
+        }
+        MemberOp::Promote { member, conn } => {
+            let (mut client, id, cluster) = named_member(&conn, &member).await?;
+            client.member_promote(id).await?;
+            println!("Member {id:x} promoted in cluster {cluster:x}");
+        }
+        MemberOp::Update { member, peer_urls, conn } => {
+            let (mut client, id, cluster) = named_member(&conn, &member).await?;
+            client.member_update(id, peer_urls).await?;
+            println!("Member {id:x} updated in cluster {cluster:x}");
+        }
+    }
+    Ok(())
+}
+
+/// A client, and the id of the member named by id or name, and the cluster's id.
+async fn named_member(conn: &Conn, member: &str) -> Result<(Client, u64, u64), ClientError> {
+    let mut client = Client::connect(&conn.endpoints).await?;
+    let list = client.member_list().await?;
+    let id = list.find(member)?.id;
+    Ok((client, id, list.cluster_id))
+}
+
 /// A watch that turns true on SIGINT or SIGTERM.
 fn stop_on_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
@@ -316,18 +411,31 @@ fn stop_on_signal() -> watch::Receiver<bool> {
     rx
 }
 
-async fn dev(dir: PathBuf) -> anyhow::Result<()> {
-    let settings = server::config::local_cluster(&dir, &[(2379, 2380), (22379, 22380), (32379, 32380)], "raftkv-dev")?;
+fn dev_size(s: &str) -> Result<usize, String> {
+    match s.parse() {
+        Ok(n @ (1 | 3 | 5)) => Ok(n),
+        _ => Err(format!("`{s}`: a dev cluster has 1, 3 or 5 members")),
+    }
+}
+
+async fn dev(dir: PathBuf, size: usize) -> anyhow::Result<()> {
+    let ports: Vec<(u16, u16)> = (0..size as u16)
+        .map(|i| if i == 0 { (2379, 2380) } else { (i * 10_000 + 12379, i * 10_000 + 12380) })
+        .collect();
+    let endpoints: Vec<String> = ports.iter().map(|(client, _)| format!("http://127.0.0.1:{client}")).collect();
+    let endpoints = endpoints.join(",");
+    let settings = server::config::local_cluster(&dir, &ports, "raftkv-dev")?;
     let stop = stop_on_signal();
     let members = settings.into_iter().map(|s| tokio::spawn(server::serve(s, stop.clone())));
     let members: Vec<_> = members.collect();
     println!(
-        "raftkv dev cluster: 3 members, data in {dir}\n\
-         \n  endpoints: {DEV_ENDPOINTS}\n\
+        "raftkv dev cluster: {size} member{s}, data in {dir}\n\
+         \n  endpoints: {endpoints}\n\
          \nTry, in another terminal:\n\
-         \n  raftkv put greeting hello\n  raftkv get greeting\n  raftkv status\n  curl -s localhost:2379/v1/kv/greeting\n\
+         \n  raftkv put greeting hello\n  raftkv get greeting\n  raftkv status\n  raftkv member list\n  curl -s localhost:2379/v1/kv/greeting\n\
          \nCtrl-C stops the cluster.",
-        dir = dir.display()
+        dir = dir.display(),
+        s = if size == 1 { "" } else { "s" },
     );
     let mut failure = None;
     for member in members {
@@ -363,30 +471,36 @@ async fn print_watch(mut watch: ResumingWatch, format: fn(&WatchResponse) -> Str
 
 async fn status(endpoints: &[String]) -> anyhow::Result<()> {
     println!(
-        "{:<28} {:>16} {:>6} {:>6} {:>8} {:>8} {:>9}",
-        "ENDPOINT", "ID", "LEADER", "TERM", "COMMIT", "APPLIED", "REVISION"
+        "{:<28} {:>16} {:>6} {:>7} {:>6} {:>8} {:>8} {:>7} {:>9}",
+        "ENDPOINT", "ID", "LEADER", "LEARNER", "TERM", "COMMIT", "APPLIED", "BEHIND", "REVISION"
     );
-    let mut reachable = 0;
+    let mut answers = Vec::new();
     for endpoint in endpoints {
-        match Client::status_of(endpoint).await {
+        answers.push((endpoint, Client::status_of(endpoint).await));
+    }
+    // How far each member's applied index is behind the furthest commit seen.
+    let newest = answers.iter().filter_map(|(_, s)| s.as_ref().ok()).map(|s| s.raft_index).max();
+    anyhow::ensure!(newest.is_some(), "no endpoint answered");
+    for (endpoint, answer) in answers {
+        match answer {
             Ok(s) => {
-                reachable += 1;
                 let header = s.header.unwrap_or_default();
-                let leader = if s.leader == header.member_id { "yes" } else { "no" };
+                let yes_no = |b: bool| if b { "yes" } else { "no" };
                 println!(
-                    "{:<28} {:>16x} {:>6} {:>6} {:>8} {:>8} {:>9}",
+                    "{:<28} {:>16x} {:>6} {:>7} {:>6} {:>8} {:>8} {:>7} {:>9}",
                     endpoint,
                     header.member_id,
-                    leader,
+                    yes_no(s.leader == header.member_id),
+                    yes_no(s.is_learner),
                     s.raft_term,
                     s.raft_index,
                     s.raft_applied_index,
+                    newest.unwrap_or(0).saturating_sub(s.raft_applied_index),
                     header.revision
                 );
             }
             Err(e) => println!("{endpoint:<28} unreachable: {e}"),
         }
     }
-    anyhow::ensure!(reachable > 0, "no endpoint answered");
     Ok(())
 }

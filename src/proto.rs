@@ -10,6 +10,10 @@
 
 include!(concat!(env!("OUT_DIR"), "/raftpb.rs"));
 
+/// The Raft records' package as code generated for the other packages
+/// names it (a sibling `raftpb`): it is this module's root.
+use crate::proto as raftpb;
+
 pub mod mvccpb {
     include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));
 }
@@ -34,7 +38,27 @@ impl Entry {
 
     /// Whether this entry carries a configuration change.
     pub fn is_conf_change(&self) -> bool {
-        self.entry_type == EntryType::EntryConfChange as i32
+        self.entry_type == EntryType::EntryConfChange as i32 || self.entry_type == EntryType::EntryConfChangeV2 as i32
+    }
+
+    /// A configuration change entry carrying `change`.
+    pub fn conf_change(index: u64, term: u64, change: &ConfChange) -> Entry {
+        use prost::Message as _;
+        let data = change.encode_to_vec().into();
+        Entry { index, term, entry_type: EntryType::EntryConfChangeV2 as i32, data }
+    }
+
+    /// The change a configuration change entry carries (entries written
+    /// before changes had a context decode with an empty one).
+    pub fn decode_conf_change(&self) -> Result<ConfChange, prost::DecodeError> {
+        use prost::Message as _;
+        if self.entry_type == EntryType::EntryConfChange as i32 {
+            return Ok(ConfChange { conf: Some(ConfState::decode(self.data.clone())?), context: bytes::Bytes::new() });
+        }
+        let mut change = ConfChange::decode(self.data.clone())?;
+        // proto3 cannot tell an empty configuration from a missing one.
+        change.conf.get_or_insert_with(ConfState::default);
+        Ok(change)
     }
 }
 

@@ -27,7 +27,7 @@ fn malformed_settings_exit_2_naming_the_field() {
     let data = dir.path().join("d");
     let data = data.to_str().unwrap();
     let cases: &[(&[&str], &str)] = &[
-        (&["server", "--data-dir", data, "--initial-cluster-state", "existing"], "initial-cluster-state"),
+        (&["server", "--data-dir", data, "--initial-cluster-state", "old"], "initial-cluster-state"),
         (&["server", "--data-dir", data, "--initial-cluster", "x=http://127.0.0.1:1"], "initial-cluster"),
         (&["server", "--data-dir", data, "--listen-client-urls", "127.0.0.1:1"], "listen-client-urls"),
         (&["server", "--data-dir", data, "--election-timeout", "soon"], "--election-timeout"),

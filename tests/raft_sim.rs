@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use raftkv::proto::ConfState;
 use raftkv::raft::{RaftError, Role};
 use rand::Rng;
-use support::sim::{ELECTION_MS, NetConfig, Sim};
+use support::sim::{ELECTION_MS, NetConfig, Sim, TICK_MS};
 
 const SEED: u64 = 42;
 
@@ -480,18 +480,18 @@ fn learner_replicates_without_voting_then_is_promoted() {
     // Node 4 joins as a learner.
     let with_learner = ConfState { voters: vec![1, 2, 3], learners: vec![4] };
     sim.add_node(4, &with_learner);
-    sim.nodes.get_mut(&leader).unwrap().raft_mut().propose_conf_change(with_learner).unwrap();
+    sim.nodes.get_mut(&leader).unwrap().raft_mut().propose_conf_change(with_learner, Default::default()).unwrap();
     sim.one(2, 4, 20 * ELECTION_MS);
     assert_eq!(sim.applied_count(1), 4, "the learner received the log");
     // Changing two members at once is refused; one at a time is fine.
     let leader = sim.stable_leader().unwrap();
     let two_at_once = ConfState { voters: vec![1, 2, 3, 4, 5], learners: vec![] };
     assert!(matches!(
-        sim.nodes.get_mut(&leader).unwrap().raft_mut().propose_conf_change(two_at_once),
+        sim.nodes.get_mut(&leader).unwrap().raft_mut().propose_conf_change(two_at_once, Default::default()),
         Err(RaftError::InvalidConfChange(_))
     ));
     let promoted = ConfState::with_voters([1, 2, 3, 4]);
-    sim.nodes.get_mut(&leader).unwrap().raft_mut().propose_conf_change(promoted).unwrap();
+    sim.nodes.get_mut(&leader).unwrap().raft_mut().propose_conf_change(promoted, Default::default()).unwrap();
     sim.one(3, 4, 20 * ELECTION_MS);
     // Four voters: two of them cut off means no quorum.
     let others: Vec<u64> = sim.ids().into_iter().filter(|&id| id != leader).take(2).collect();
@@ -503,4 +503,79 @@ fn learner_replicates_without_voting_then_is_promoted() {
     assert_eq!(sim.applied_count(4), 0, "index {index} committed by 2 of 4 voters");
     sim.heal();
     sim.one(5, 4, 30 * ELECTION_MS);
+}
+
+fn propose_conf(sim: &mut Sim, on: u64, conf: ConfState) {
+    sim.nodes.get_mut(&on).unwrap().raft_mut().propose_conf_change(conf, Default::default()).unwrap();
+}
+
+#[test]
+fn a_leader_that_removes_itself_hands_leadership_over_before_any_election_timeout() {
+    let mut sim = Sim::new(3, SEED, NetConfig::reliable());
+    sim.one(1, 3, 20 * ELECTION_MS);
+    let old = sim.stable_leader().unwrap();
+    let rest: Vec<u64> = sim.ids().into_iter().filter(|&id| id != old).collect();
+    propose_conf(&mut sim, old, ConfState::with_voters(rest.clone()));
+    // Followers heard the leader just now, so without a hand-over none would
+    // campaign for at least an election timeout.
+    sim.run_until(ELECTION_MS / 2, "a remaining voter leads", |s| s.stable_leader().is_some_and(|l| rest.contains(&l)));
+    sim.run_for(5 * ELECTION_MS);
+    let removed = sim.nodes[&old].raft();
+    assert!(!removed.is_leader() && !removed.conf().voters.contains(&old), "the removed leader stepped away");
+    // The two remaining voters commit on their own, and the removed member
+    // (still running) never disturbs them.
+    let term = leader_term(&sim, sim.stable_leader().unwrap());
+    sim.one(2, 2, 20 * ELECTION_MS);
+    sim.run_for(20 * ELECTION_MS);
+    assert_eq!(leader_term(&sim, sim.stable_leader().unwrap()), term, "no election after the hand-over");
+    sim.assert_state_machines_agree();
+}
+
+#[test]
+fn a_member_cut_off_from_the_cluster_can_be_removed_and_never_disturbs_it() {
+    let mut sim = Sim::new(3, SEED, NetConfig::reliable());
+    sim.one(1, 3, 20 * ELECTION_MS);
+    let leader = sim.stable_leader().unwrap();
+    let cut = sim.ids().into_iter().find(|&id| id != leader).unwrap();
+    sim.disconnect(cut);
+    let rest: Vec<u64> = sim.ids().into_iter().filter(|&id| id != cut).collect();
+    propose_conf(&mut sim, leader, ConfState::with_voters(rest.clone()));
+    sim.one(2, 2, 20 * ELECTION_MS);
+    // Back on the network, the removed member's campaigns get no votes.
+    sim.connect(cut);
+    let term = leader_term(&sim, sim.stable_leader().unwrap());
+    sim.run_for(30 * ELECTION_MS);
+    let leader = sim.stable_leader().expect("a leader");
+    assert!(rest.contains(&leader));
+    assert_eq!(leader_term(&sim, leader), term, "the removed member deposed no one");
+    sim.one(3, 2, 20 * ELECTION_MS);
+}
+
+#[test]
+fn only_one_configuration_change_is_pending_at_a_time_and_a_crash_mid_change_keeps_it() {
+    let mut sim = Sim::new(3, SEED, NetConfig::reliable());
+    sim.one(1, 3, 20 * ELECTION_MS);
+    let leader = sim.stable_leader().unwrap();
+    let with_learner = ConfState { voters: vec![1, 2, 3], learners: vec![4] };
+    sim.add_node(4, &with_learner);
+    propose_conf(&mut sim, leader, with_learner.clone());
+    let promoted = ConfState::with_voters([1, 2, 3, 4]);
+    assert!(matches!(
+        sim.nodes.get_mut(&leader).unwrap().raft_mut().propose_conf_change(promoted.clone(), Default::default()),
+        Err(RaftError::ConfChangePending(_))
+    ));
+    // Every member crashes while the change may be anywhere between proposed
+    // and applied; after restarts the cluster agrees on one configuration.
+    sim.run_for(TICK_MS);
+    for id in sim.ids() {
+        sim.crash(id);
+    }
+    for id in sim.ids() {
+        sim.restart(id);
+    }
+    sim.one(2, 3, 30 * ELECTION_MS);
+    sim.run_for(5 * ELECTION_MS);
+    let confs: Vec<ConfState> = [1, 2, 3].iter().map(|id| sim.nodes[id].raft().conf().clone()).collect();
+    assert!(confs.windows(2).all(|w| w[0] == w[1]), "members disagree on the configuration: {confs:?}");
+    assert!(confs[0] == with_learner || confs[0] == ConfState::with_voters([1, 2, 3]), "{:?}", confs[0]);
 }

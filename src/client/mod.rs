@@ -13,6 +13,7 @@
 //! watch ([`ResumingWatch`]) resumes after a broken stream from the revision
 //! after the last one it delivered.
 
+pub mod members;
 pub mod output;
 pub mod watch;
 

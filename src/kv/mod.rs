@@ -15,6 +15,10 @@
 //!   read may ask for any revision from [`KvStore::compact_revision`] on; a
 //!   compaction (itself a command, so every member compacts at the same
 //!   point) drops what reads from then on cannot see.
+//!
+//! - The member table travels with the map (in snapshots, and in the O(1)
+//!   copy watchers and readers get), but this module only carries it: the
+//!   server's `membership` module owns what it means and how it changes.
 
 mod history;
 mod range;
@@ -29,7 +33,7 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::mvccpb::KeyValue;
 use crate::proto::raftkvpb::{Command, command};
-use crate::proto::{SnapshotHeader, SnapshotMeta};
+use crate::proto::{Membership, SnapshotHeader, SnapshotMeta};
 
 pub use history::{Change, History};
 pub use range::{KeyRange, prefix_end};
@@ -68,6 +72,8 @@ pub struct KvStore {
     map: OrdMap<Bytes, KeyValue>,
     history: History,
     revision: i64,
+    /// The cluster's member table at the same point of the log.
+    membership: std::sync::Arc<Membership>,
 }
 
 impl Default for KvStore {
@@ -78,7 +84,7 @@ impl Default for KvStore {
 
 impl KvStore {
     pub fn new() -> KvStore {
-        KvStore { map: OrdMap::new(), history: History::starting_at(1), revision: 1 }
+        KvStore { map: OrdMap::new(), history: History::starting_at(1), revision: 1, membership: Default::default() }
     }
 
     /// The store's current revision.
@@ -101,19 +107,36 @@ impl KvStore {
     pub fn from_records(revision: i64, oldest: i64, records: impl IntoIterator<Item = KeyValue>) -> KvStore {
         let (history, live) = History::rebuilt(oldest, records);
         let map = live.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
-        KvStore { map, history, revision }
+        KvStore { map, history, revision, membership: Default::default() }
     }
 
     /// A store rebuilt from a snapshot with this header.
     pub fn from_snapshot(header: &SnapshotHeader, records: impl IntoIterator<Item = KeyValue>) -> KvStore {
         // Written before history was kept: live keys only.
         let oldest = if header.compact_revision > 0 { header.compact_revision } else { header.revision };
-        KvStore::from_records(header.revision, oldest, records)
+        let mut kv = KvStore::from_records(header.revision, oldest, records);
+        kv.membership = std::sync::Arc::new(header.membership.clone().unwrap_or_default());
+        kv
     }
 
     /// The header of a snapshot of this store taken at `meta`.
     pub fn snapshot_header(&self, meta: SnapshotMeta) -> SnapshotHeader {
-        SnapshotHeader { meta: Some(meta), revision: self.revision, compact_revision: self.compact_revision() }
+        SnapshotHeader {
+            meta: Some(meta),
+            revision: self.revision,
+            compact_revision: self.compact_revision(),
+            membership: Some((*self.membership).clone()),
+        }
+    }
+
+    /// The member table (empty when not known: a snapshot written before
+    /// the table was kept).
+    pub fn membership(&self) -> &std::sync::Arc<Membership> {
+        &self.membership
+    }
+
+    pub fn set_membership(&mut self, membership: Membership) {
+        self.membership = std::sync::Arc::new(membership);
     }
 
     /// Every record the history holds, tombstones included, in key then
@@ -169,7 +192,9 @@ impl KvStore {
                 self.compact(req)?;
                 return Ok(ResponseOp { response: None });
             }
-            None => return Err(KvError::EmptyCommand),
+            // Member table changes are applied by the server's membership
+            // module; one reaching the map carries nothing for it.
+            Some(command::Request::Member(_)) | None => return Err(KvError::EmptyCommand),
         };
         Ok(ResponseOp { response: Some(response) })
     }

@@ -83,7 +83,7 @@ impl Raft {
 
     /// Whether a committed entry not yet handed out to be applied changes
     /// the configuration (etcd's `hasUnappliedConfChanges`).
-    fn has_unapplied_conf_changes(&self) -> bool {
+    pub(super) fn has_unapplied_conf_changes(&self) -> bool {
         self.log.slice(self.log.applied + 1, self.log.committed).any(Entry::is_conf_change)
     }
 
@@ -182,11 +182,30 @@ impl Raft {
                 self.heard_from_leader(m.from);
                 self.handle_snapshot(m.from, meta);
             }
-            Body::TimeoutNow if self.is_voter(self.id) => self.campaign(Campaign::Transfer),
+            Body::TimeoutNow if self.is_voter(self.id) => {
+                if self.has_unapplied_conf_changes() {
+                    // The leader may hand over just after committing a
+                    // change (its own removal): campaign once it is applied.
+                    self.transfer_deferred = true;
+                } else {
+                    self.campaign(Campaign::Transfer);
+                }
+            }
             Body::ReadIndexResponse { ctx, index } => {
                 self.read_states.push(super::ReadState { ctx, index });
             }
             _ => {}
+        }
+    }
+
+    /// After a Ready was applied: the campaign a TimeoutNow asked for while
+    /// configuration changes were unapplied, if they are applied now.
+    pub(super) fn maybe_deferred_transfer(&mut self) {
+        if self.transfer_deferred && !self.has_unapplied_conf_changes() {
+            self.transfer_deferred = false;
+            if self.role == Role::Follower && self.is_voter(self.id) {
+                self.campaign(Campaign::Transfer);
+            }
         }
     }
 

@@ -4,26 +4,31 @@
 //! a time, and each adds, removes, promotes or demotes a single member, so
 //! every two consecutive configurations have overlapping quorums.
 
-use prost::Message as _;
+use bytes::Bytes;
 
-use crate::proto::{ConfState, Entry, EntryType};
+use crate::proto::{ConfChange, ConfState, Entry};
 
 use super::progress::Progress;
 use super::{NONE, NodeId, Raft, RaftError};
 
 impl Raft {
-    /// Leader: proposes `conf` as the next configuration. Returns its index.
-    pub fn propose_conf_change(&mut self, conf: ConfState) -> Result<u64, RaftError> {
+    /// Leader: proposes `conf` as the next configuration, with the driver's
+    /// `context` beside it in the entry. Returns its index.
+    pub fn propose_conf_change(&mut self, conf: ConfState, context: Bytes) -> Result<u64, RaftError> {
         self.check_can_propose()?;
         if self.pending_conf_index > self.log.applied {
             return Err(RaftError::ConfChangePending(self.pending_conf_index));
         }
         validate_change(&self.conf, &conf)?;
         let index = self.log.last_index() + 1;
-        let data = conf.encode_to_vec().into();
-        self.append_entry(Entry { index, term: self.term, entry_type: EntryType::EntryConfChange as i32, data });
+        self.append_entry(Entry::conf_change(index, self.term, &ConfChange { conf: Some(conf), context }));
         self.pending_conf_index = index;
         Ok(index)
+    }
+
+    /// Whether a configuration change is proposed and not yet applied.
+    pub fn has_pending_conf_change(&self) -> bool {
+        self.pending_conf_index > self.log.applied
     }
 
     /// Makes a committed configuration change take effect. The driver calls
@@ -31,12 +36,6 @@ impl Raft {
     pub fn apply_conf_change(&mut self, conf: ConfState) {
         self.conf = conf;
         if !self.is_leader() {
-            return;
-        }
-        if !self.is_voter(self.id) {
-            tracing::info!(id = self.id, "stepping down: no longer a voter");
-            let term = self.term;
-            self.become_follower(term, NONE);
             return;
         }
         let members: Vec<NodeId> = self.peers();
@@ -56,6 +55,31 @@ impl Raft {
         // need the log either way.
         self.maybe_commit();
         self.broadcast_pending = true;
+        if !self.is_voter(self.id) {
+            self.hand_over_leadership();
+        }
+    }
+
+    /// A leader that is no longer a voter hands leadership to the voter with
+    /// the most of its log, so clients see no election timeout; it keeps
+    /// leading (refusing proposals) until that voter takes over, and steps
+    /// down after an election timeout if none does.
+    fn hand_over_leadership(&mut self) {
+        let best = self
+            .progress
+            .iter()
+            .filter(|(id, _)| self.conf.voters.contains(id))
+            .max_by_key(|(id, pr)| (pr.matched, std::cmp::Reverse(**id)))
+            .map(|(&id, _)| id);
+        let Some(to) = best else {
+            tracing::info!(id = self.id, "stepping down: no longer a voter");
+            let term = self.term;
+            self.become_follower(term, NONE);
+            return;
+        };
+        tracing::info!(id = self.id, to, "no longer a voter: handing leadership over");
+        self.transferee = None;
+        let _ = self.transfer_leader(to);
     }
 }
 

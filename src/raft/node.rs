@@ -65,6 +65,9 @@ pub struct Raft {
     rng: SmallRng,
     /// Leader only: the member leadership is being handed to.
     pub(super) transferee: Option<NodeId>,
+    /// Follower: a TimeoutNow arrived while committed configuration changes
+    /// were unapplied; campaign once they are.
+    pub(super) transfer_deferred: bool,
     /// Index of the newest configuration change that may not be applied yet.
     pub(super) pending_conf_index: u64,
     /// The newest durable snapshot, sent to followers behind the log's start.
@@ -141,6 +144,7 @@ impl Raft {
             randomized_election_timeout: 0,
             rng,
             transferee: None,
+            transfer_deferred: false,
             pending_conf_index: 0,
             snapshot: None,
             pending_snapshot: None,
@@ -373,6 +377,7 @@ impl Raft {
                 self.broadcast_pending = true;
             }
         }
+        self.maybe_deferred_transfer();
     }
 
     // ---- Role changes --------------------------------------------------
@@ -388,6 +393,7 @@ impl Raft {
         self.votes.clear();
         self.progress.clear();
         self.transferee = None;
+        self.transfer_deferred = false;
         self.broadcast_pending = false;
         self.read_heartbeat_pending = false;
         // Reads in progress are dropped: their requesters time out and retry.

@@ -24,6 +24,12 @@ impl Raft {
             }
             // A transfer that did not finish within an election timeout is abandoned.
             self.transferee = None;
+            if !self.is_voter(self.id) {
+                tracing::info!(id = self.id, term = self.term, "stepping down: no longer a voter");
+                let term = self.term;
+                self.become_follower(term, super::NONE);
+                return;
+            }
         }
         if self.heartbeat_elapsed >= self.cfg.heartbeat_tick {
             self.heartbeat_elapsed = 0;

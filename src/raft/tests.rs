@@ -248,9 +248,7 @@ fn a_follower_that_lost_acknowledged_entries_is_replicated_again() {
 }
 
 fn conf_entry(index: u64, term: u64, conf: &ConfState) -> Entry {
-    use prost::Message as _;
-    let data = conf.encode_to_vec().into();
-    Entry { index, term, entry_type: crate::proto::EntryType::EntryConfChange as i32, data }
+    Entry::conf_change(index, term, &crate::proto::ConfChange { conf: Some(conf.clone()), context: Default::default() })
 }
 
 /// etcd's `hup` rule (etcd-io/etcd#7625): a member that knows two

@@ -36,7 +36,9 @@ pub struct ServerArgs {
     /// Every initial member as name=peer-url, comma-separated.
     #[arg(long, env = "RAFTKV_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
-    /// "new": this member bootstraps a new cluster (the only state supported).
+    /// "new": this member bootstraps a new cluster with --initial-cluster.
+    /// "existing": this member was added to a running cluster (`member add`)
+    /// and joins it, finding it through --initial-cluster's peer URLs.
     #[arg(long, env = "RAFTKV_INITIAL_CLUSTER_STATE")]
     pub initial_cluster_state: Option<String>,
     /// A token unique to this cluster; it seeds the cluster and member ids.
@@ -74,6 +76,9 @@ pub struct ServerArgs {
     /// one (a duration such as 10m or 5s; default 10m, as etcd).
     #[arg(long, env = "RAFTKV_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL")]
     pub experimental_watch_progress_notify_interval: Option<String>,
+    /// Most learners the cluster may have at once (default 1, as etcd).
+    #[arg(long, env = "RAFTKV_MAX_LEARNERS")]
+    pub max_learners: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,15 +99,32 @@ pub struct Member {
     pub peer_url: String,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterState {
+    /// Bootstrap a new cluster of --initial-cluster's members.
+    New,
+    /// Join a running cluster this member was added to.
+    Existing,
+}
+
 /// What the server runs with.
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub name: String,
+    pub initial_cluster_state: ClusterState,
+    pub initial_cluster_token: String,
+    /// This member's peer URLs, as the others reach it.
+    pub advertise_peer_urls: Vec<String>,
+    pub max_learners: usize,
     pub data_dir: PathBuf,
     pub client_addrs: Vec<SocketAddr>,
     pub advertise_client_urls: Vec<String>,
     pub peer_addrs: Vec<SocketAddr>,
+    /// --initial-cluster's members: a new cluster's first table, or (joining)
+    /// where to find the cluster.
     pub members: Vec<Member>,
+    /// This member's and its cluster's ids. A joining member learns them
+    /// from the cluster; until then they are derived from the settings.
     pub member_id: u64,
     pub cluster_id: u64,
     pub heartbeat: Duration,
@@ -149,6 +171,7 @@ impl ServerArgs {
             experimental_watch_progress_notify_interval: self
                 .experimental_watch_progress_notify_interval
                 .or(file.experimental_watch_progress_notify_interval),
+            max_learners: self.max_learners.or(file.max_learners),
         }
     }
 
@@ -163,10 +186,13 @@ impl ServerArgs {
         let peer_urls = split(self.listen_peer_urls.as_deref().unwrap_or("http://127.0.0.1:2380"));
         let peer_addrs = socket_addrs("listen-peer-urls", &peer_urls)?;
         let advertise_peer = self.initial_advertise_peer_urls.map(|s| split(&s)).unwrap_or_else(|| peer_urls.clone());
-        let state = self.initial_cluster_state.unwrap_or_else(|| "new".into());
-        if state != "new" {
-            return Err(invalid("initial-cluster-state", format!("`{state}` is not supported; only `new` is")));
-        }
+        let initial_cluster_state = match self.initial_cluster_state.as_deref().unwrap_or("new") {
+            "new" => ClusterState::New,
+            "existing" => ClusterState::Existing,
+            other => {
+                return Err(invalid("initial-cluster-state", format!("`{other}` is neither `new` nor `existing`")));
+            }
+        };
         let token = self.initial_cluster_token.unwrap_or_else(|| "raftkv-cluster".into());
         let initial_cluster = self.initial_cluster.unwrap_or_else(|| format!("{name}={}", advertise_peer[0]));
         let members = parse_initial_cluster(&initial_cluster, &token)?;
@@ -215,6 +241,10 @@ impl ServerArgs {
         Ok(Settings {
             member_id: me.id,
             cluster_id: cluster_id(&token, &ids),
+            initial_cluster_state,
+            initial_cluster_token: token,
+            advertise_peer_urls: advertise_peer,
+            max_learners: self.max_learners.unwrap_or(1),
             name,
             data_dir,
             client_addrs,
@@ -363,7 +393,7 @@ mod tests {
             (ServerArgs { name: Some("zz".into()), ..three() }, "initial-cluster"),
             (ServerArgs { initial_cluster: Some("a=ftp://x".into()), ..three() }, "initial-cluster"),
             (ServerArgs { listen_client_urls: Some("127.0.0.1:2379".into()), ..three() }, "listen-client-urls"),
-            (ServerArgs { initial_cluster_state: Some("existing".into()), ..three() }, "initial-cluster-state"),
+            (ServerArgs { initial_cluster_state: Some("old".into()), ..three() }, "initial-cluster-state"),
             (ServerArgs { election_timeout: Some(100), ..three() }, "election-timeout"),
             (
                 ServerArgs { initial_advertise_peer_urls: Some("http://127.0.0.1:9".into()), ..three() },

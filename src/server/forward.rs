@@ -18,7 +18,22 @@ use crate::proto::raftpeer::raft_peer_client::RaftPeerClient;
 use crate::proto::raftpeer::{ForwardRequest, ForwardResponse};
 
 /// A forwarded write's answer: the response, the revision, the term.
-pub type Answer = Result<(crate::proto::etcdserverpb::ResponseOp, i64, u64), Status>;
+pub type Answer = Result<(crate::proto::etcdserverpb::ResponseOp, i64, u64), ForwardError>;
+
+#[derive(Debug)]
+pub enum ForwardError {
+    /// Certainly not appended (the peer does not lead, a configuration
+    /// change is in flight, the stream could not open): it may be sent again.
+    NotAppended,
+    /// Failed, or of unknown outcome: the status says which.
+    Failed(Status),
+}
+
+impl From<Status> for ForwardError {
+    fn from(status: Status) -> ForwardError {
+        ForwardError::Failed(status)
+    }
+}
 
 type Job = (Command, oneshot::Sender<Answer>);
 
@@ -38,14 +53,18 @@ impl Forwarder {
     /// Sends a write to the peer and waits for its answer.
     pub async fn forward(&self, command: Command) -> Answer {
         let (reply, answer) = oneshot::channel();
-        self.jobs.send((command, reply)).await.map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
-        answer.await.map_err(|_| Status::unavailable("etcdserver: server stopped"))?
+        let stopped = || ForwardError::Failed(Status::unavailable("etcdserver: server stopped"));
+        self.jobs.send((command, reply)).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 }
 
 fn answer(resp: ForwardResponse) -> Answer {
+    if resp.not_appended {
+        return Err(ForwardError::NotAppended);
+    }
     if resp.error_code != 0 {
-        return Err(Status::new(tonic::Code::from_i32(resp.error_code), resp.error_message));
+        return Err(Status::new(tonic::Code::from_i32(resp.error_code), resp.error_message).into());
     }
     let response = resp.response.ok_or_else(|| Status::internal("leader sent an empty answer"))?;
     Ok((response, resp.revision, resp.raft_term))
@@ -69,11 +88,9 @@ async fn run(cluster_id: u64, me: u64, mut client: RaftPeerClient<Channel>, mut 
         let mut incoming = match client.forward(ReceiverStream::new(outgoing)).await {
             Ok(response) => response.into_inner(),
             Err(status) => {
+                tracing::debug!("cannot open the forwarding stream: {}", status.message());
                 for (_, reply) in pending.drain() {
-                    let _ = reply.send(Err(Status::unavailable(format!(
-                        "etcdserver: leader unreachable: {}",
-                        status.message()
-                    ))));
+                    let _ = reply.send(Err(ForwardError::NotAppended));
                 }
                 continue;
             }
@@ -103,9 +120,9 @@ async fn run(cluster_id: u64, me: u64, mut client: RaftPeerClient<Channel>, mut 
             }
         }
         for (_, reply) in pending.drain() {
-            let _ = reply.send(Err(Status::unavailable(
-                "etcdserver: connection to the leader lost; the write may or may not have been applied",
-            )));
+            let _ = reply.send(Err(ForwardError::Failed(Status::unavailable(
+                "etcdserver: request timed out, the connection to the leader was lost; the write may or may not have been applied",
+            ))));
         }
     }
 }

@@ -1,8 +1,7 @@
-//! The gRPC services: etcd's `KV`, `Cluster` and `Maintenance` on the client
-//! port, and `RaftPeer` on the peer port.
+//! The gRPC services: etcd's `KV` and `Maintenance` on the client port, and
+//! `RaftPeer` on the peer port (`Cluster` is in [`super::membership`]).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use prost::Message as _;
 use tonic::{Request, Response, Status, Streaming};
@@ -11,18 +10,17 @@ use super::node::{NodeError, Request as NodeRequest};
 use super::shared::{Shared, node_status};
 use super::wire::from_wire;
 use crate::kv;
-use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvRequest, HashKvResponse,
-    Member, MemberListRequest, MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    ResponseHeader, StatusRequest, StatusResponse, TxnRequest, TxnResponse, response_op,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, StatusRequest, StatusResponse, TxnRequest,
+    TxnResponse, response_op,
 };
 use crate::proto::raftpeer::raft_peer_server::RaftPeer;
 use crate::proto::raftpeer::{
-    ForwardRequest, ForwardResponse, HelloRequest, HelloResponse, InstallSnapshotResponse, PeerMessage, SnapshotPart,
-    StreamSummary,
+    ForwardRequest, ForwardResponse, HelloRequest, HelloResponse, InstallSnapshotResponse, MembersRequest,
+    MembersResponse, PeerMessage, SnapshotPart, StreamSummary, peer_message,
 };
 
 pub struct KvService(pub Arc<Shared>);
@@ -116,42 +114,6 @@ fn nested_headers(txn: &mut TxnResponse, revision: i64) {
     }
 }
 
-pub struct ClusterService(pub Arc<Shared>);
-
-#[tonic::async_trait]
-impl Cluster for ClusterService {
-    async fn member_list(&self, _: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
-        let shared = &self.0;
-        let mut members = Vec::new();
-        for m in &shared.settings.members {
-            let client_urls = if m.id == shared.settings.member_id {
-                shared.settings.advertise_client_urls.clone()
-            } else {
-                peer_client_urls(shared, m.id).await
-            };
-            members.push(Member {
-                id: m.id,
-                name: m.name.clone(),
-                peer_ur_ls: vec![m.peer_url.clone()],
-                client_ur_ls: client_urls,
-                is_learner: false,
-            });
-        }
-        let status = shared.status.borrow().clone();
-        Ok(Response::new(MemberListResponse { header: Some(shared.header(status.revision, status.term)), members }))
-    }
-}
-
-/// A peer's client URLs, asked for with a short timeout; none if it does not answer.
-async fn peer_client_urls(shared: &Shared, id: u64) -> Vec<String> {
-    let Some(mut client) = shared.peer(id) else { return Vec::new() };
-    let hello = HelloRequest { cluster_id: shared.settings.cluster_id, from: shared.settings.member_id };
-    match tokio::time::timeout(Duration::from_millis(500), client.hello(hello)).await {
-        Ok(Ok(resp)) => resp.into_inner().client_urls,
-        _ => Vec::new(),
-    }
-}
-
 pub struct MaintenanceService(pub Arc<Shared>);
 
 #[tonic::async_trait]
@@ -211,7 +173,11 @@ impl RaftPeer for PeerService {
         let mut stream = request.into_inner();
         let mut received = 0;
         while let Some(m) = stream.message().await? {
-            self.0.check_peer(m.cluster_id, m.from)?;
+            // A leader that removed itself still hands its leadership over.
+            let handing_over = matches!(m.body, Some(peer_message::Body::TimeoutNow(_)));
+            if !(handing_over && self.0.is_removed(m.from)) {
+                self.0.check_peer(m.cluster_id, m.from)?;
+            }
             if m.to != self.0.settings.member_id {
                 return Err(Status::invalid_argument(format!(
                     "message for member {:x} sent to {:x}",
@@ -258,6 +224,15 @@ impl RaftPeer for PeerService {
         Ok(Response::new(InstallSnapshotResponse { term }))
     }
 
+    async fn members(&self, _: Request<MembersRequest>) -> Result<Response<MembersResponse>, Status> {
+        let (table, conf) = self.0.membership();
+        Ok(Response::new(MembersResponse {
+            cluster_id: self.0.settings.cluster_id,
+            membership: Some((*table).clone()),
+            learners: conf.learners,
+        }))
+    }
+
     async fn hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
         let req = request.into_inner();
         self.0.check_peer(req.cluster_id, req.from)?;
@@ -285,8 +260,13 @@ async fn forwarded_write(shared: &Shared, req: ForwardRequest) -> ForwardRespons
     let applied = match tokio::time::timeout(super::shared::REQUEST_TIMEOUT, shared.propose_here(command)).await {
         Err(_) => return fail(Status::unavailable("etcdserver: request timed out")),
         // Not appended here: the forwarding member may send it again.
-        Ok(Err(e @ (NodeError::NotLeader { .. } | NodeError::NoLeader | NodeError::LeaderChanged))) => {
-            return fail(Status::failed_precondition(e.to_string()));
+        Ok(Err(
+            e @ (NodeError::NotLeader { .. }
+            | NodeError::NoLeader
+            | NodeError::LeaderChanged
+            | NodeError::ConfChangePending),
+        )) => {
+            return ForwardResponse { not_appended: true, ..fail(Status::failed_precondition(e.to_string())) };
         }
         Ok(Err(e)) => return fail(node_status(e)),
         Ok(Ok(applied)) => applied,

@@ -12,6 +12,8 @@
 //! - `GET /v1/watch/{key}`: changes as newline-delimited JSON, one line per
 //!   event, until the client hangs up (`?prefix=true`, `&rev=N`,
 //!   `&prev_kv=true`; see [`super::watch::http`]);
+//! - `/v1/members`: list, add, update, promote and remove members (see
+//!   [`super::membership::http`]);
 //! - `GET /v1/status`: this member's Raft and store status, as JSON;
 //! - `GET /healthz`: 200 when this member knows a leader, else 503;
 //! - `GET /version`: the etcd version whose API is served, and raftkv's own;
@@ -50,11 +52,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/kv", get(list))
         .route("/v1/status", get(status))
         .route("/healthz", get(health))
+        .merge(super::membership::http::routes())
         .layer(body_limit)
         .with_state(shared)
 }
 
-pub(crate) struct HttpError(StatusCode, String);
+pub(crate) struct HttpError(pub StatusCode, pub String);
 
 /// What a member without a leader can still do, for whoever reads the error.
 const NO_QUORUM_HINT: &str = "this member may be cut off from a majority of the cluster: it still serves \
@@ -74,6 +77,8 @@ impl From<tonic::Status> for HttpError {
         let code = match s.code() {
             tonic::Code::InvalidArgument | tonic::Code::OutOfRange => StatusCode::BAD_REQUEST,
             tonic::Code::NotFound => StatusCode::NOT_FOUND,
+            // The cluster's state refuses the request (a membership rule).
+            tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         HttpError(code, s.message().to_string())

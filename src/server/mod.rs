@@ -12,6 +12,8 @@ pub mod encoded_range;
 pub mod forward;
 pub mod grpc;
 pub mod http;
+pub mod join;
+pub mod membership;
 pub mod node;
 pub mod shared;
 pub mod snapshots;
@@ -29,15 +31,15 @@ use tokio::sync::watch as signal;
 use tonic::transport::server::TcpIncoming;
 
 use crate::kv::KvStore;
-use crate::proto::ConfState;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::raftpeer::raft_peer_server::RaftPeerServer;
+use crate::proto::{ConfState, Membership};
 use crate::raft::{Config, Raft, RaftError};
 use crate::snapshot::{SnapshotDir, SnapshotError, Snapshotter};
 use crate::storage::{LogStore, RocksStore, StorageError};
-pub use config::{ServerArgs, Settings};
+pub use config::{ClusterState, ServerArgs, Settings};
 use encoded_range::KvRoutes;
 
 /// The etcd version whose API raftkv serves, as `Maintenance.Status` and
@@ -64,6 +66,12 @@ pub enum ServerError {
     Raft(#[from] RaftError),
     #[error("cannot run the Raft loop's thread: {0}")]
     Thread(String),
+    #[error(
+        "member {member:x} was removed from the cluster: this data directory cannot be used again (to rejoin, add a new member and start it with an empty --data-dir)"
+    )]
+    Removed { member: u64 },
+    #[error("cannot join the cluster: {0}")]
+    Join(String),
     #[error("{what} server failed: {source}")]
     Serve { what: &'static str, source: std::io::Error },
 }
@@ -77,14 +85,34 @@ struct Opened {
     snapshotter: Snapshotter,
 }
 
-/// Opens (or bootstraps) the data directory and rebuilds the member's state
-/// from its newest snapshot and log tail. Blocking: file and RocksDB reads.
-fn open(settings: &Settings) -> Result<Opened, ServerError> {
+/// What a member joining a running cluster learned from it.
+pub struct Joined {
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub table: Membership,
+}
+
+/// Whose data directory this is: (cluster id, member id) once bootstrapped
+/// or joined. Refuses a directory whose member was removed. Blocking.
+fn identity(settings: &Settings) -> Result<Option<(u64, u64)>, ServerError> {
     let raft_dir = settings.data_dir.join("raft");
     std::fs::create_dir_all(&raft_dir).map_err(|source| ServerError::DataDir { path: raft_dir.clone(), source })?;
+    let store = RocksStore::open(&raft_dir)?;
+    let identity = store.identity()?;
+    if store.is_removed()? {
+        return Err(ServerError::Removed { member: identity.map_or(0, |(_, m)| m) });
+    }
+    Ok(identity)
+}
+
+/// Opens (or bootstraps, or sets up for joining) the data directory and
+/// rebuilds the member's state from its newest snapshot and log tail.
+/// Blocking: file and RocksDB reads.
+fn open(settings: &Settings, joined: Option<Joined>) -> Result<Opened, ServerError> {
+    let raft_dir = settings.data_dir.join("raft");
     let mut store = RocksStore::open(&raft_dir)?;
-    match store.identity()? {
-        Some((cluster, member)) if (cluster, member) != (settings.cluster_id, settings.member_id) => {
+    match (store.identity()?, joined) {
+        (Some((cluster, member)), _) if (cluster, member) != (settings.cluster_id, settings.member_id) => {
             return Err(ServerError::WrongIdentity {
                 path: settings.data_dir.clone(),
                 found_cluster: cluster,
@@ -93,10 +121,19 @@ fn open(settings: &Settings) -> Result<Opened, ServerError> {
                 member: settings.member_id,
             });
         }
-        Some(_) => tracing::info!(dir = %settings.data_dir.display(), "restarting from existing data"),
-        None => {
+        (Some(_), _) => tracing::info!(dir = %settings.data_dir.display(), "restarting from existing data"),
+        (None, Some(joined)) => {
+            // No configuration yet: the log (or a snapshot) from the leader
+            // brings it, so this member cannot campaign before it knows it.
+            store.bootstrap(&ConfState::default())?;
+            store.set_base_members(&joined.table)?;
+            store.set_identity(joined.cluster_id, joined.member_id)?;
+            tracing::info!(dir = %settings.data_dir.display(), "set up to join the cluster");
+        }
+        (None, None) => {
             let conf = ConfState::with_voters(settings.members.iter().map(|m| m.id));
             store.bootstrap(&conf)?;
+            store.set_base_members(&membership::initial(&settings.members))?;
             store.set_identity(settings.cluster_id, settings.member_id)?;
             tracing::info!(dir = %settings.data_dir.display(), members = settings.members.len(), "bootstrapped a new member");
         }
@@ -117,6 +154,13 @@ fn open(settings: &Settings) -> Result<Opened, ServerError> {
         }
         None => (KvStore::new(), None, 0),
     };
+    let mut kv = kv;
+    if kv.membership().members.is_empty() {
+        // No snapshot, or one written before the table was kept: the table
+        // this directory started from, replayed forward by the log.
+        let base = store.base_members()?.unwrap_or_else(|| membership::initial(&settings.members));
+        kv.set_membership(base);
+    }
     let applied = newest.as_ref().map_or(state.offset_index, |m| m.index);
     let mut cfg = Config::new(settings.member_id);
     cfg.election_tick = settings.election_ticks;
@@ -137,23 +181,39 @@ fn open(settings: &Settings) -> Result<Opened, ServerError> {
     Ok(Opened { raft, store, kv, snapshot_dir, snapshotter })
 }
 
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ServerError> + Send + 'static,
+) -> Result<T, ServerError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ServerError::Thread(e.to_string()))?
+}
+
 /// Runs a member until `stop` turns true (or its storage fails).
-pub async fn serve(settings: Settings, stop: signal::Receiver<bool>) -> Result<(), ServerError> {
+pub async fn serve(mut settings: Settings, stop: signal::Receiver<bool>) -> Result<(), ServerError> {
+    let checking = settings.clone();
+    let joined = match blocking(move || identity(&checking)).await? {
+        // A member that joined has ids the cluster gave it.
+        Some((cluster, member)) if settings.initial_cluster_state == ClusterState::Existing => {
+            (settings.cluster_id, settings.member_id) = (cluster, member);
+            None
+        }
+        Some(_) => None,
+        None if settings.initial_cluster_state == ClusterState::Existing => {
+            let joined = join::find_cluster(&settings).await?;
+            (settings.cluster_id, settings.member_id) = (joined.cluster_id, joined.member_id);
+            Some(joined)
+        }
+        None => None,
+    };
     let opening = settings.clone();
-    let Opened { raft, store, kv, snapshot_dir, snapshotter } =
-        tokio::task::spawn_blocking(move || open(&opening)).await.map_err(|e| ServerError::Thread(e.to_string()))??;
+    let Opened { raft, store, kv, snapshot_dir, snapshotter } = blocking(move || open(&opening, joined)).await?;
 
     let (node_tx, node_rx) = mpsc::channel(64 * 1024);
-    let snapshots = snapshots::SnapshotSender::new(
-        settings.cluster_id,
-        snapshot_dir.clone(),
-        &settings.members,
-        node_tx.downgrade(),
-    );
+    let snapshots = snapshots::SnapshotSender::new(settings.cluster_id, snapshot_dir.clone(), node_tx.downgrade());
     let peer_runtime = PeerRuntime::start()?;
     let transport = {
         let _on_peer_runtime = peer_runtime.handle().enter();
-        transport::Transport::start(settings.cluster_id, settings.member_id, &settings.members, snapshots)
+        let table = kv.membership().clone();
+        transport::Transport::start(settings.cluster_id, settings.member_id, &table, snapshots, node_tx.downgrade())
     };
     let (status_tx, status_rx) = signal::channel(node::NodeStatus::default());
     let requests = node_tx.downgrade();
@@ -187,7 +247,7 @@ pub async fn serve(settings: Settings, stop: signal::Receiver<bool>) -> Result<(
         let listener =
             TcpListener::bind(addr).await.map_err(|source| ServerError::Listen { what: "client", addr, source })?;
         let grpc = tonic::service::Routes::new(KvRoutes::new(shared.clone(), max_message))
-            .add_service(ClusterServer::new(grpc::ClusterService(shared.clone())))
+            .add_service(ClusterServer::new(membership::service::ClusterService(shared.clone())))
             .add_service(MaintenanceServer::new(grpc::MaintenanceService(shared.clone())))
             .add_service(
                 WatchServer::new(watch::grpc::WatchService(shared.clone())).max_decoding_message_size(max_message),
@@ -197,7 +257,13 @@ pub async fn serve(settings: Settings, stop: signal::Receiver<bool>) -> Result<(
         // 404 for everyone else (a health probe must not see success).
         let app = grpc.merge(http::router(shared.clone())).fallback(http::not_found);
         let mut stop = stop.clone();
+        let starting = shared.clone();
         servers.spawn(async move {
+            // As etcd: clients are served once this member is known to the
+            // cluster (its client URLs published), so every member list a
+            // client can get names them. Connections wait in the backlog.
+            join::wait_published(&starting).await;
+            drop(starting);
             axum::serve(authority::ClientListener(listener), app)
                 .with_graceful_shutdown(async move {
                     let _ = stop.wait_for(|s| *s).await;
@@ -207,6 +273,7 @@ pub async fn serve(settings: Settings, stop: signal::Receiver<bool>) -> Result<(
         });
     }
     let compactor = tokio::spawn(compactor::run(shared.clone(), settings.auto_compaction.clone(), stop.clone()));
+    let publisher = tokio::spawn(join::publish(shared.clone()));
     tracing::info!(
         name = settings.name,
         member = format!("{:x}", settings.member_id),
@@ -227,9 +294,12 @@ pub async fn serve(settings: Settings, stop: signal::Receiver<bool>) -> Result<(
         applied: applied_tx,
         runtime: tokio::runtime::Handle::current(),
         read_round_ticks: u64::from(settings.election_ticks),
+        election_ticks: u64::from(settings.election_ticks),
+        max_learners: settings.max_learners,
     });
     let result = run_node_thread(node, node_rx, settings.heartbeat, stop.clone()).await;
     compactor.abort();
+    publisher.abort();
     drop(shared);
     // The node is done (stopped or failed): the listeners go too.
     servers.abort_all();

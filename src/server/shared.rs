@@ -9,20 +9,20 @@
 //! retried, and is answered with etcd's "request timed out" family.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
-use tonic::transport::Channel;
 
 use super::config::Settings;
-use super::forward::Forwarder;
+use super::forward::{ForwardError, Forwarder};
+use super::membership;
 use super::node::{Applied, NodeError, NodeStatus, Request};
 use crate::kv::{KvError, KvStore};
 use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader, ResponseOp};
 use crate::proto::raftkvpb::Command;
-use crate::proto::raftpeer::raft_peer_client::RaftPeerClient;
+use crate::proto::{ConfState, Membership};
 use crate::raft::NodeId;
 use crate::snapshot::SnapshotDir;
 
@@ -42,8 +42,9 @@ pub struct Shared {
     pub applied: watch::Receiver<KvStore>,
     /// Watch streams and watchers open on this member.
     pub watches: super::watch::Gauges,
-    peers: HashMap<NodeId, RaftPeerClient<Channel>>,
-    forwarders: HashMap<NodeId, Forwarder>,
+    /// A forwarding stream per leader this member forwarded to, with the
+    /// peer URL it was made for (a member that moved gets a new one).
+    forwarders: Mutex<HashMap<NodeId, (String, Forwarder)>>,
 }
 
 /// A write's outcome: the response, the revision after it, the term.
@@ -57,32 +58,62 @@ impl Shared {
         status: watch::Receiver<NodeStatus>,
         applied: watch::Receiver<KvStore>,
     ) -> Shared {
-        let channels: HashMap<NodeId, Channel> = settings
-            .members
-            .iter()
-            .filter(|m| m.id != settings.member_id)
-            .filter_map(|m| {
-                let endpoint = super::transport::peer_endpoint(&m.peer_url).ok()?;
-                Some((m.id, endpoint.connect_lazy()))
-            })
-            .collect();
-        let peers = channels.iter().map(|(&id, ch)| (id, RaftPeerClient::new(ch.clone()))).collect();
-        let forwarders = channels
-            .into_iter()
-            .map(|(id, ch)| (id, Forwarder::start(settings.cluster_id, settings.member_id, ch)))
-            .collect();
-        Shared { settings, snapshot_dir, node, status, applied, watches: Default::default(), peers, forwarders }
+        Shared {
+            settings,
+            snapshot_dir,
+            node,
+            status,
+            applied,
+            watches: Default::default(),
+            forwarders: Mutex::default(),
+        }
     }
 
-    pub fn peer(&self, id: NodeId) -> Option<RaftPeerClient<Channel>> {
-        self.peers.get(&id).cloned()
+    /// The member table and the configuration in force, as applied here.
+    pub fn membership(&self) -> (Arc<Membership>, ConfState) {
+        let table = self.applied.borrow().membership().clone();
+        (table, self.status.borrow().conf.clone())
+    }
+
+    /// Waits (at most `limit`) until `done` holds for the state applied
+    /// here. Returns false if the member is stopping, true otherwise (done,
+    /// or out of time: the caller looks again).
+    pub async fn wait_applied(&self, limit: Duration, done: impl Fn(&Shared) -> bool) -> bool {
+        let mut applied = self.applied.clone();
+        let waiting = async {
+            while !done(self) {
+                if applied.changed().await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        tokio::time::timeout(limit, waiting).await.unwrap_or(true)
+    }
+
+    /// The forwarding stream to `id`, at its peer URL in the member table.
+    fn forwarder(&self, id: NodeId) -> Option<Forwarder> {
+        let (table, _) = self.membership();
+        let url = membership::record(&table, id)?.peer_urls.first()?.clone();
+        let mut forwarders = self.forwarders.lock().expect("not poisoned");
+        if let Some((at, forwarder)) = forwarders.get(&id)
+            && *at == url
+        {
+            return Some(forwarder.clone());
+        }
+        let channel = super::transport::peer_endpoint(&url).ok()?.connect_lazy();
+        let forwarder = Forwarder::start(self.settings.cluster_id, self.settings.member_id, channel);
+        forwarders.insert(id, (url, forwarder.clone()));
+        Some(forwarder)
     }
 
     pub fn header(&self, revision: i64, raft_term: u64) -> ResponseHeader {
         ResponseHeader { cluster_id: self.settings.cluster_id, member_id: self.settings.member_id, revision, raft_term }
     }
 
-    /// Refuses peer requests from another cluster or an unknown member.
+    /// Refuses peer requests from another cluster or a removed member (with
+    /// etcd's text, which tells that member it was removed). Others are
+    /// heard: a member replaying old changes may not know its peers yet.
     pub fn check_peer(&self, cluster_id: u64, from: NodeId) -> Result<(), Status> {
         if cluster_id != self.settings.cluster_id {
             return Err(Status::permission_denied(format!(
@@ -90,10 +121,14 @@ impl Shared {
                 self.settings.cluster_id
             )));
         }
-        if self.settings.member(from).is_none() {
-            return Err(Status::permission_denied(format!("{from:x} is not a member of this cluster")));
+        if self.is_removed(from) {
+            return Err(Status::permission_denied(super::transport::REMOVED));
         }
         Ok(())
+    }
+
+    pub fn is_removed(&self, id: NodeId) -> bool {
+        membership::is_removed(self.applied.borrow().membership(), id)
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, NodeError> {
@@ -136,11 +171,17 @@ impl Shared {
                 Ok(Applied { result, revision, term }) => return Ok((result.map_err(kv_status)?, revision, term)),
                 Err(NodeError::NotLeader { leader: Some(leader) }) => {
                     match self.forward(leader, &command, deadline).await {
-                        Err(status) if status.code() == tonic::Code::FailedPrecondition => {}
-                        other => return other,
+                        Err(ForwardError::NotAppended) => {}
+                        Err(ForwardError::Failed(status)) => return Err(status),
+                        Ok(answer) => return Ok(answer),
                     }
                 }
-                Err(NodeError::NotLeader { leader: None } | NodeError::NoLeader | NodeError::LeaderChanged) => {}
+                Err(
+                    NodeError::NotLeader { leader: None }
+                    | NodeError::NoLeader
+                    | NodeError::LeaderChanged
+                    | NodeError::ConfChangePending,
+                ) => {}
                 Err(e) => return Err(node_status(e)),
             }
             if tokio::time::Instant::now() + Duration::from_millis(50) >= deadline {
@@ -155,10 +196,10 @@ impl Shared {
         leader: NodeId,
         command: &Command,
         deadline: tokio::time::Instant,
-    ) -> Result<WriteResult, Status> {
-        let forwarder =
-            self.forwarders.get(&leader).ok_or_else(|| Status::unavailable("etcdserver: leader unknown"))?;
-        tokio::time::timeout_at(deadline, forwarder.forward(command.clone())).await.map_err(|_| timed_out())?
+    ) -> Result<WriteResult, ForwardError> {
+        let forwarder = self.forwarder(leader).ok_or(ForwardError::NotAppended)?;
+        let answer = tokio::time::timeout_at(deadline, forwarder.forward(command.clone()));
+        answer.await.map_err(|_| ForwardError::Failed(timed_out()))?
     }
 
     /// Serves a read: linearizable through ReadIndex, or from local state.
@@ -217,6 +258,7 @@ pub fn kv_status(e: KvError) -> Status {
 pub fn node_status(e: NodeError) -> Status {
     match e {
         NodeError::Kv(e) => kv_status(e),
+        NodeError::Membership(e) => e.status(),
         e => Status::unavailable(e.to_string()),
     }
 }

@@ -48,15 +48,14 @@ pub struct SnapshotSender {
 }
 
 impl SnapshotSender {
-    pub fn new(
-        cluster_id: u64,
-        dir: Arc<SnapshotDir>,
-        members: &[Member],
-        report: mpsc::WeakSender<Request>,
-    ) -> SnapshotSender {
-        let peers = members.iter().map(|m| (m.id, m.clone())).collect();
+    pub fn new(cluster_id: u64, dir: Arc<SnapshotDir>, report: mpsc::WeakSender<Request>) -> SnapshotSender {
         let runtime = tokio::runtime::Handle::current();
-        SnapshotSender { cluster_id, dir, peers, report, active: Arc::default(), runtime }
+        SnapshotSender { cluster_id, dir, peers: HashMap::new(), report, active: Arc::default(), runtime }
+    }
+
+    /// Where each member is reached, as the member table says.
+    pub fn set_peers(&mut self, members: &[Member]) {
+        self.peers = members.iter().map(|m| (m.id, m.clone())).collect();
     }
 
     /// Sends the snapshot a `Body::Snapshot` message announces. A transfer
@@ -79,7 +78,7 @@ impl SnapshotSender {
             let ok = match transfer(&peer, offer, &path).await {
                 Ok(bytes) => {
                     tracing::info!(
-                        to = peer.name,
+                        to = format!("{:x}", peer.id),
                         index = meta.index,
                         bytes,
                         took_ms = started.elapsed().as_millis() as u64,
@@ -88,7 +87,7 @@ impl SnapshotSender {
                     true
                 }
                 Err(e) => {
-                    tracing::warn!(to = peer.name, index = meta.index, "snapshot transfer failed: {e}");
+                    tracing::warn!(to = format!("{:x}", peer.id), index = meta.index, "snapshot transfer failed: {e}");
                     false
                 }
             };

@@ -19,8 +19,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
 use super::config::Member;
+use super::membership;
+use super::node::Request;
 use super::snapshots::SnapshotSender;
 use super::wire::to_wire;
+use crate::proto::Membership;
 use crate::proto::raftpeer::PeerMessage;
 use crate::proto::raftpeer::raft_peer_client::RaftPeerClient;
 use crate::raft::{Body, Message, NodeId};
@@ -39,12 +42,24 @@ const STABLE: Duration = Duration::from_secs(1);
 pub trait Outbox: Send {
     /// Sends or drops `m`; never blocks.
     fn send(&self, m: Message);
+    /// The member table changed: links follow it.
+    fn set_members(&mut self, table: &Membership);
 }
+
+/// What a peer answers a removed member with (etcd's text), and what tells
+/// that member it was removed.
+pub const REMOVED: &str = "the member has been permanently removed from the cluster";
 
 pub struct Transport {
     cluster_id: u64,
-    links: HashMap<NodeId, LinkSender>,
+    me: NodeId,
+    /// Where each link goes, and its queue.
+    links: HashMap<NodeId, (String, LinkSender)>,
     snapshots: SnapshotSender,
+    /// The node's queue, told when a peer refuses this member as removed.
+    node: mpsc::WeakSender<Request>,
+    /// The peer runtime, where links run (members change on the node's thread).
+    runtime: tokio::runtime::Handle,
 }
 
 /// The sending end of one peer's queue, with the bytes it holds. Each
@@ -75,27 +90,60 @@ impl LinkQueue {
 }
 
 impl Transport {
-    /// Starts a link to every member but `me`, on the current runtime.
-    pub fn start(cluster_id: u64, me: NodeId, members: &[Member], snapshots: SnapshotSender) -> Transport {
-        let mut links = HashMap::new();
-        for member in members.iter().filter(|m| m.id != me) {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let queued = Arc::new(AtomicUsize::new(0));
-            tokio::spawn(run_link(member.clone(), LinkQueue { rx, queued: queued.clone() }));
-            links.insert(member.id, LinkSender { tx, queued });
-        }
-        Transport { cluster_id, links, snapshots }
+    /// Starts a link to every member of `table` but `me`, on the current runtime.
+    pub fn start(
+        cluster_id: u64,
+        me: NodeId,
+        table: &Membership,
+        snapshots: SnapshotSender,
+        node: mpsc::WeakSender<Request>,
+    ) -> Transport {
+        let runtime = tokio::runtime::Handle::current();
+        let mut transport = Transport { cluster_id, me, links: HashMap::new(), snapshots, node, runtime };
+        transport.set_members(table);
+        transport
+    }
+
+    fn start_link(&mut self, member: Member) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let queue = LinkQueue { rx, queued: queued.clone() };
+        self.runtime.spawn(run_link(member.clone(), queue, self.node.clone()));
+        self.links.insert(member.id, (member.peer_url, LinkSender { tx, queued }));
     }
 }
 
 impl Outbox for Transport {
+    /// Links to new members start, links whose member moved restart at the
+    /// new URL, links to removed members end (their queue closes). A member
+    /// missing from the table but never removed keeps its link: a member
+    /// replaying old changes from a table newer than them passes through
+    /// such states, and must still answer its leader.
+    fn set_members(&mut self, table: &Membership) {
+        let targets = membership::link_targets(table);
+        self.snapshots.set_peers(&targets);
+        self.links.retain(|id, _| !membership::is_removed(table, *id));
+        let me = self.me;
+        for member in targets.into_iter().filter(|m| m.id != me) {
+            match self.links.get(&member.id) {
+                Some((url, _)) if *url == member.peer_url => {}
+                _ => {
+                    if self.links.contains_key(&member.id) {
+                        tracing::info!(peer = format!("{:x}", member.id), url = member.peer_url, "peer moved");
+                    }
+                    self.start_link(member);
+                }
+            }
+        }
+    }
+
     fn send(&self, m: Message) {
         let to = m.to;
         if matches!(m.body, Body::Snapshot { .. }) {
             self.snapshots.send(m);
             return;
         }
-        let (Some(link), Some(m)) = (self.links.get(&to), to_wire(self.cluster_id, m)) else { return };
+        let (Some((_, link)), Some(m)) = (self.links.get(&to), to_wire(self.cluster_id, m)) else { return };
         let size = m.encoded_len();
         let queued = link.queued.load(Ordering::Relaxed);
         if queued > 0 && queued + size > QUEUE_BYTES {
@@ -122,13 +170,13 @@ pub fn peer_endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
         .keep_alive_while_idle(true))
 }
 
-async fn run_link(peer: Member, mut queue: LinkQueue) {
+async fn run_link(peer: Member, mut queue: LinkQueue, node: mpsc::WeakSender<Request>) {
     let mut backoff = Duration::from_millis(50);
     let mut failures = 0u32;
     let endpoint = match peer_endpoint(&peer.peer_url) {
         Ok(e) => e,
         Err(e) => {
-            tracing::error!(peer = peer.name, url = peer.peer_url, "invalid peer URL: {e}");
+            tracing::error!(peer = format!("{:x}", peer.id), url = peer.peer_url, "invalid peer URL: {e}");
             return;
         }
     };
@@ -138,7 +186,7 @@ async fn run_link(peer: Member, mut queue: LinkQueue) {
             Err(e) => {
                 if failures.is_power_of_two() {
                     tracing::warn!(
-                        peer = peer.name,
+                        peer = format!("{:x}", peer.id),
                         url = peer.peer_url,
                         attempts = failures + 1,
                         "peer unreachable, retrying: {e}"
@@ -156,7 +204,7 @@ async fn run_link(peer: Member, mut queue: LinkQueue) {
             }
         };
         if failures > 0 && failures.is_power_of_two() {
-            tracing::info!(peer = peer.name, "connected to peer");
+            tracing::info!(peer = format!("{:x}", peer.id), "connected to peer");
         }
         let connected = tokio::time::Instant::now();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
@@ -174,6 +222,11 @@ async fn run_link(peer: Member, mut queue: LinkQueue) {
                 },
             }
         };
+        if ended.as_deref() == Some(REMOVED)
+            && let Some(node) = node.upgrade()
+        {
+            let _ = node.send(Request::Removed { by: peer.id }).await;
+        }
         // A stream that ends at once (a peer that accepts and closes, as a
         // proxy in front of a dead member does) counts as a failed attempt:
         // it backs off and is logged at powers of two, like a refused connect.
@@ -183,7 +236,11 @@ async fn run_link(peer: Member, mut queue: LinkQueue) {
         }
         if failures.is_power_of_two() || failures == 0 {
             let reason = ended.as_deref().unwrap_or("the stream ended");
-            tracing::warn!(peer = peer.name, attempts = failures + 1, "stream to peer closed, reconnecting: {reason}");
+            tracing::warn!(
+                peer = format!("{:x}", peer.id),
+                attempts = failures + 1,
+                "stream to peer closed, reconnecting: {reason}"
+            );
         }
         failures += 1;
         tokio::time::sleep(backoff).await;

@@ -184,7 +184,12 @@ mod tests {
     use super::*;
 
     fn header(index: u64, term: u64) -> SnapshotHeader {
-        SnapshotHeader { meta: Some(SnapshotMeta { index, term, conf: None }), revision: 1, compact_revision: 1 }
+        SnapshotHeader {
+            meta: Some(SnapshotMeta { index, term, conf: None }),
+            revision: 1,
+            compact_revision: 1,
+            membership: None,
+        }
     }
 
     #[test]

@@ -232,6 +232,7 @@ mod tests {
             meta: Some(SnapshotMeta { index: 42, term: 3, conf: Some(ConfState::with_voters([1, 2, 3])) }),
             revision: 17,
             compact_revision: 5,
+            membership: None,
         }
     }
 

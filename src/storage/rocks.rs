@@ -14,7 +14,7 @@ use prost::Message as _;
 use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
 
 use super::{LogStore, LogWrite, Result, StorageError, check_append, decode_frame, encode_frame};
-use crate::proto::{ConfState, Entry, HardState, SnapshotMeta};
+use crate::proto::{ConfState, Entry, HardState, Membership, SnapshotMeta};
 use crate::raft::InitialState;
 
 const CF_STATE: &str = "raft_state";
@@ -23,6 +23,8 @@ const CF_META: &str = "meta";
 const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 const KEY_IDENTITY: &[u8] = b"identity";
+const KEY_BASE_MEMBERS: &[u8] = b"base_members";
+const KEY_REMOVED: &[u8] = b"removed";
 /// How many recent terms stay cached.
 const TERM_CACHE: usize = 16 * 1024;
 
@@ -94,6 +96,35 @@ impl RocksStore {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_META), KEY_IDENTITY, encode_frame(KEY_IDENTITY, &payload));
         self.db.write_opt(batch, &opts).map_err(rocks("write identity"))
+    }
+
+    /// The member table this data directory started from (the initial
+    /// cluster, or the cluster as a joining member found it); the log and
+    /// snapshots take it from there.
+    pub fn base_members(&self) -> Result<Option<Membership>> {
+        self.get_record(CF_META, KEY_BASE_MEMBERS, "base members")
+    }
+
+    pub fn set_base_members(&mut self, table: &Membership) -> Result<()> {
+        self.put_synced(KEY_BASE_MEMBERS, &table.encode_to_vec(), "write the base member table")
+    }
+
+    /// Whether this member learned it was removed from its cluster: such a
+    /// data directory never starts again.
+    pub fn is_removed(&self) -> Result<bool> {
+        Ok(self.db.get_pinned_cf(self.cf(CF_META), KEY_REMOVED).map_err(rocks("read the removed mark"))?.is_some())
+    }
+
+    pub fn mark_removed(&mut self) -> Result<()> {
+        self.put_synced(KEY_REMOVED, b"removed", "write the removed mark")
+    }
+
+    fn put_synced(&mut self, key: &[u8], payload: &[u8], what: &'static str) -> Result<()> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_META), key, encode_frame(key, payload));
+        self.db.write_opt(batch, &opts).map_err(rocks(what))
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {

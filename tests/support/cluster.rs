@@ -30,6 +30,9 @@ pub struct Cluster {
     initial_clusters: Vec<String>,
     /// Flags every member is started with, after the cluster's own.
     extra_args: Vec<String>,
+    /// Each member's `--initial-cluster-state`: `existing` once added to a
+    /// running cluster.
+    states: Vec<&'static str>,
 }
 
 /// A port that is free now, taken below the kernel's ephemeral range
@@ -66,6 +69,59 @@ impl Cluster {
             cluster.start_member(i);
         }
         cluster
+    }
+
+    /// Sets up `total` members and starts the first `running` as a cluster;
+    /// the others wait to be added ([`Cluster::add_member`]).
+    pub fn start_partial(total: usize, running: usize, extra_args: &[&str]) -> Cluster {
+        let mut cluster = Cluster::new(total, extra_args);
+        let initial = cluster.members[..running]
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url))
+            .collect::<Vec<_>>()
+            .join(",");
+        cluster.initial_clusters = vec![initial; total];
+        for i in 0..running {
+            cluster.start_member(i);
+        }
+        cluster
+    }
+
+    /// Adds member `i` to the running cluster (`MemberAdd` through a running
+    /// member), so that starting it joins. Returns its id.
+    pub async fn add_member(&mut self, i: usize, learner: bool) -> u64 {
+        let running: Vec<String> = (0..self.members.len())
+            .filter(|&j| self.is_running(j))
+            .map(|j| self.members[j].client_url.clone())
+            .collect();
+        let mut client = Client::connect(&running).await.unwrap();
+        let (added, list) = client
+            .member_add(vec![self.members[i].peer_url.clone()], learner)
+            .await
+            .unwrap_or_else(|e| panic!("adding {} failed: {e}\n{}", self.members[i].name, self.logs()));
+        let name_of = |url: &str| self.members.iter().find(|m| m.peer_url == url).map(|m| m.name.clone());
+        self.initial_clusters[i] = list
+            .members
+            .iter()
+            .filter_map(|m| {
+                let url = m.peer_ur_ls.first()?;
+                Some(format!("{}={url}", name_of(url)?))
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        self.states[i] = "existing";
+        added.id
+    }
+
+    /// Member `i`'s id, from the member list of a running member.
+    pub async fn member_id(&self, i: usize) -> u64 {
+        let running: Vec<String> = (0..self.members.len())
+            .filter(|&j| self.is_running(j))
+            .map(|j| self.members[j].client_url.clone())
+            .collect();
+        let list = Client::connect(&running).await.unwrap().member_list().await.unwrap();
+        let url = &self.members[i].peer_url;
+        list.members.iter().find(|m| m.peer_ur_ls.contains(url)).unwrap_or_else(|| panic!("{url} is no member")).id
     }
 
     /// Starts `n` members whose peer links all cross fault-injecting
@@ -112,7 +168,7 @@ impl Cluster {
         let initial_cluster =
             members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",");
         let extra_args = extra_args.iter().map(|s| s.to_string()).collect();
-        Cluster { dir, members, initial_clusters: vec![initial_cluster; n], extra_args }
+        Cluster { dir, members, initial_clusters: vec![initial_cluster; n], extra_args, states: vec!["new"; n] }
     }
 
     pub fn endpoints(&self) -> Vec<String> {
@@ -130,6 +186,7 @@ impl Cluster {
             .args(["--listen-client-urls", &m.client_url])
             .args(["--listen-peer-urls", &m.peer_url, "--initial-advertise-peer-urls", &m.peer_url])
             .args(["--initial-cluster", &self.initial_clusters[i], "--initial-cluster-token", "test"])
+            .args(["--initial-cluster-state", self.states[i]])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(&self.extra_args)
             .env("RAFTKV_LOG", std::env::var("RAFTKV_TEST_SERVER_LOG").unwrap_or_else(|_| "info".into()))

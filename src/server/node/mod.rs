@@ -33,11 +33,12 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::ServerError;
+use super::membership::{self, MembershipError, rules::ClusterView};
 use super::transport::Outbox;
 use crate::kv::{KvError, KvStore};
 use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseOp};
-use crate::proto::raftkvpb::Command;
-use crate::proto::{ConfState, Entry, SnapshotMeta};
+use crate::proto::raftkvpb::{Command, MemberChange, command};
+use crate::proto::{ConfChange, ConfState, Entry, SnapshotMeta};
 use crate::raft::{Body, Message, NodeId, Raft, RaftError, ReadState, Ready};
 use crate::snapshot::snapshotter::Taken;
 use crate::snapshot::{SnapshotError, Snapshotter};
@@ -74,6 +75,11 @@ pub enum NodeError {
     OutcomeUnknown,
     #[error(transparent)]
     Kv(#[from] KvError),
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
+    /// Certain: not appended, another change is still being applied.
+    #[error("etcdserver: a configuration change is still in progress")]
+    ConfChangePending,
 }
 
 /// The outcome of an applied command.
@@ -111,6 +117,10 @@ pub enum Request {
     },
     /// The background snapshot job ended.
     SnapshotTaken(Result<Taken, SnapshotError>),
+    /// A peer refused this member as removed from the cluster.
+    Removed {
+        by: NodeId,
+    },
 }
 
 /// What the node publishes after every turn, for status and health.
@@ -124,6 +134,8 @@ pub struct NodeStatus {
     /// The oldest revision reads may ask for.
     pub compact_revision: i64,
     pub is_learner: bool,
+    /// The configuration in force.
+    pub conf: ConfState,
 }
 
 pub struct Node {
@@ -144,6 +156,14 @@ pub struct Node {
     status: watch::Sender<NodeStatus>,
     /// The applied key-value state, for watchers: an O(1) copy per change.
     applied: watch::Sender<KvStore>,
+    /// The tick each peer was last heard from: who counts as connected.
+    last_heard: std::collections::HashMap<NodeId, u64>,
+    election_ticks: u64,
+    max_learners: usize,
+    /// The tick this member learned it was removed from the cluster.
+    removed_at: Option<u64>,
+    /// A peer refused this member as removed: the others applied the removal.
+    removal_confirmed: bool,
 }
 
 /// What a node starts from.
@@ -162,12 +182,28 @@ pub struct NodeParts {
     pub runtime: Handle,
     /// Ticks a ReadIndex round may take before its reads are retried.
     pub read_round_ticks: u64,
+    /// Ticks of an election timeout: a peer heard from within one counts as
+    /// connected for the membership rules.
+    pub election_ticks: u64,
+    pub max_learners: usize,
 }
 
 impl Node {
     pub fn new(parts: NodeParts) -> Node {
-        let NodeParts { raft, store, kv, outbox, snapshotter, requests, status, applied, runtime, read_round_ticks } =
-            parts;
+        let NodeParts {
+            raft,
+            store,
+            kv,
+            outbox,
+            snapshotter,
+            requests,
+            status,
+            applied,
+            runtime,
+            read_round_ticks,
+            election_ticks,
+            max_learners,
+        } = parts;
         // Unique per process, so no answer to an earlier process's read round
         // can match one of ours (etcd's request ids mix in the start time too).
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
@@ -185,6 +221,11 @@ impl Node {
             requests,
             status,
             applied,
+            last_heard: Default::default(),
+            election_ticks,
+            max_learners,
+            removed_at: None,
+            removal_confirmed: false,
         }
     }
 
@@ -231,9 +272,23 @@ impl Node {
             if took > SLOW_TURN {
                 tracing::warn!(took_ms = took.as_millis() as u64, "slow Raft loop turn");
             }
+            if self.done_after_removal() {
+                self.store.mark_removed()?;
+                return Err(ServerError::Removed { member: self.raft.id() });
+            }
         }
         tracing::info!("node stopped");
         Ok(())
+    }
+
+    /// A removed member keeps running only to hand its leadership over: it
+    /// stops once another member leads, once its peers refuse it (they
+    /// applied the removal, and its hand-over went out before that), or two
+    /// election timeouts after it learned of its removal.
+    fn done_after_removal(&self) -> bool {
+        let Some(at) = self.removed_at else { return false };
+        let handed_over = !self.raft.is_leader() && self.raft.leader().is_some_and(|l| l != self.raft.id());
+        handed_over || self.removal_confirmed || self.ticks >= at + 2 * self.election_ticks
     }
 
     fn tick(&mut self) {
@@ -257,7 +312,17 @@ impl Node {
 
     fn handle(&mut self, request: Request) -> Result<(), ServerError> {
         match request {
-            Request::Peer(m) => self.raft.step(m),
+            Request::Peer(m) => {
+                self.last_heard.insert(m.from, self.ticks);
+                self.raft.step(m)
+            }
+            Request::Removed { by } => {
+                if !self.removal_confirmed {
+                    tracing::warn!(by = format!("{by:x}"), "a peer says this member was removed from the cluster");
+                }
+                self.removed_at.get_or_insert(self.ticks);
+                self.removal_confirmed = true;
+            }
             Request::InstallSnapshot { msg, kv, reply } => {
                 if let Body::Snapshot { meta } = &msg.body {
                     self.incoming_snapshots.push((meta.clone(), kv));
@@ -267,15 +332,18 @@ impl Node {
             }
             Request::SnapshotReport { to, ok } => self.raft.report_snapshot(to, ok),
             Request::SnapshotTaken(result) => self.snapshot_taken(result)?,
-            Request::Propose { command, reply } => match self.raft.propose(command.encode_to_vec().into()) {
-                Ok(index) => self.proposals.add(index, self.raft.term(), reply),
-                Err(RaftError::NotLeader { leader }) => {
-                    let _ = reply.send(Err(NodeError::NotLeader { leader }));
+            Request::Propose { command, reply } => {
+                let proposed = match &command.request {
+                    Some(command::Request::Member(change)) => self.propose_member_change(change, &command),
+                    _ => self.raft.propose(command.encode_to_vec().into()).map_err(proposal_error),
+                };
+                match proposed {
+                    Ok(index) => self.proposals.add(index, self.raft.term(), reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
                 }
-                Err(_) => {
-                    let _ = reply.send(Err(NodeError::NoLeader));
-                }
-            },
+            }
             Request::Range { req, linearizable: false, reply } => {
                 self.reads.serve(&self.kv, PendingRead { req, reply })
             }
@@ -387,26 +455,99 @@ impl Node {
     fn snapshot_installed(&mut self, meta: &SnapshotMeta) {
         tracing::info!(index = meta.index, term = meta.term, keys = self.kv.len(), "installed the leader's snapshot");
         self.snapshotter.installed(meta.index);
+        let table = (**self.kv.membership()).clone();
+        if !table.members.is_empty() {
+            self.outbox.set_members(&table);
+        }
         self.snapshotter.prune();
         // Writes waiting at indexes the snapshot covers may or may not be in it.
         self.proposals.covered_by_snapshot(meta.index);
     }
 
+    /// Leader: checks a membership change by etcd's rules and proposes it,
+    /// as a configuration change when it changes who votes.
+    fn propose_member_change(&mut self, change: &MemberChange, command: &Command) -> Result<u64, NodeError> {
+        if !self.raft.is_leader() {
+            return Err(NodeError::NotLeader { leader: self.raft.leader() });
+        }
+        let (ticks, window) = (self.ticks, self.election_ticks);
+        let connected = |id: NodeId| self.last_heard.get(&id).is_some_and(|&t| ticks.saturating_sub(t) <= window);
+        let matched = |id: NodeId| self.raft.match_index(id).unwrap_or(0);
+        let conf = self.raft.conf().clone();
+        ClusterView {
+            table: self.kv.membership(),
+            conf: &conf,
+            leader: self.raft.id(),
+            connected: &connected,
+            matched: &matched,
+            last_index: self.raft.last_index(),
+            max_learners: self.max_learners,
+        }
+        .check(change)?;
+        match membership::next_conf(&conf, change) {
+            Some(next) => {
+                if self.raft.has_pending_conf_change() {
+                    return Err(NodeError::ConfChangePending);
+                }
+                self.raft.propose_conf_change(next, change.encode_to_vec().into()).map_err(proposal_error)
+            }
+            None => self.raft.propose(command.encode_to_vec().into()).map_err(proposal_error),
+        }
+    }
+
+    /// A committed configuration change: the core's configuration, the
+    /// member table and the peer links all move to it.
+    fn apply_conf_change(&mut self, change: ConfChange) {
+        let Some(conf) = change.conf else { return };
+        let old = self.raft.conf().clone();
+        let context = (!change.context.is_empty()).then(|| MemberChange::decode(change.context)).transpose();
+        let context = context.unwrap_or_else(|e| {
+            tracing::error!("undecodable membership context: {e}");
+            None
+        });
+        self.raft.apply_conf_change(conf.clone());
+        let table = membership::apply_conf_change(self.kv.membership(), &old, &conf, context.as_ref());
+        self.set_membership(table);
+        let me = self.raft.id();
+        let member = |c: &ConfState| c.voters.contains(&me) || c.learners.contains(&me);
+        if member(&old) && !member(&conf) && self.removed_at.is_none() {
+            tracing::warn!("this member was removed from the cluster: it stops once it has handed over");
+            self.removed_at = Some(self.ticks);
+        }
+        let hex = |ids: &[u64]| ids.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>().join(",");
+        tracing::info!(voters = hex(&conf.voters), learners = hex(&conf.learners), "configuration changed");
+    }
+
+    fn set_membership(&mut self, table: crate::proto::Membership) {
+        self.outbox.set_members(&table);
+        self.kv.set_membership(table);
+    }
+
     /// Applies one committed entry and answers whoever waits at its index:
     /// every kind of entry, so a write whose index went to a leader's no-op
-    /// or a configuration change is told at once that it failed.
+    /// is told at once that it failed.
     fn apply(&mut self, entry: Entry) {
         let (index, term) = (entry.index, entry.term);
         let result = if entry.is_conf_change() {
-            match ConfState::decode(entry.data.clone()) {
-                Ok(conf) => self.raft.apply_conf_change(conf),
-                Err(e) => tracing::error!(index, "undecodable configuration change: {e}"),
+            match entry.decode_conf_change() {
+                Ok(change) => {
+                    self.apply_conf_change(change);
+                    Some(Ok(ResponseOp::default()))
+                }
+                Err(e) => {
+                    tracing::error!(index, "undecodable configuration change: {e}");
+                    None
+                }
             }
-            None
         } else if entry.data.is_empty() {
             None // a leader's no-op
         } else {
             Some(match Command::decode(entry.data.clone()) {
+                Ok(Command { request: Some(command::Request::Member(change)) }) => {
+                    let table = membership::apply_command(self.kv.membership(), &change);
+                    self.set_membership(table);
+                    Ok(ResponseOp::default())
+                }
                 Ok(command) => self.kv.apply(&command),
                 Err(e) => {
                     // Every member decodes the same bytes the same way, so
@@ -418,7 +559,7 @@ impl Node {
         };
         let outcome = match result {
             Some(result) => Ok(Applied { result, revision: self.kv.revision(), term: self.raft.term() }),
-            // A write is never proposed as a no-op or a configuration change.
+            // A write is never proposed as a no-op.
             None => Err(NodeError::LeaderChanged),
         };
         self.proposals.applied(index, term, outcome);
@@ -433,6 +574,7 @@ impl Node {
             revision: self.kv.revision(),
             compact_revision: self.kv.compact_revision(),
             is_learner: self.raft.conf().learners.contains(&self.raft.id()),
+            conf: self.raft.conf().clone(),
         };
         let previous = self.status.borrow().clone();
         if previous.leader != status.leader {
@@ -444,16 +586,25 @@ impl Node {
         if previous.term != status.term || previous.leader != status.leader {
             self.reads.leader_changed();
         }
-        let published = {
+        let stale = {
             let kv = self.applied.borrow();
-            (kv.revision(), kv.compact_revision())
+            (kv.revision(), kv.compact_revision()) != (self.kv.revision(), self.kv.compact_revision())
+                || !std::sync::Arc::ptr_eq(kv.membership(), self.kv.membership())
         };
-        if published != (self.kv.revision(), self.kv.compact_revision()) {
+        if stale {
             // Watchers read what they need from the copy's history.
             self.applied.send_replace(self.kv.clone());
         }
         if previous != status {
             self.status.send_replace(status);
         }
+    }
+}
+
+fn proposal_error(e: RaftError) -> NodeError {
+    match e {
+        RaftError::NotLeader { leader } => NodeError::NotLeader { leader },
+        RaftError::ConfChangePending(_) => NodeError::ConfChangePending,
+        _ => NodeError::NoLeader,
     }
 }

@@ -24,6 +24,7 @@ impl Outbox for Captured {
     fn send(&self, m: Message) {
         self.0.lock().unwrap().push(m);
     }
+    fn set_members(&mut self, _: &crate::proto::Membership) {}
 }
 
 struct Member {
@@ -66,6 +67,8 @@ fn open(id: NodeId, n: u64, dir: &std::path::Path) -> Member {
         applied: watch::channel(KvStore::new()).0,
         runtime: Handle::current(),
         read_round_ticks: ROUND_TICKS,
+        election_ticks: 10,
+        max_learners: 1,
     });
     Member { node, outbox, _requests: requests }
 }

@@ -17,7 +17,6 @@ pub mod workload;
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
-use prost::Message as _;
 use raftkv::proto::{ConfState, Entry};
 use raftkv::raft::{Config, Message, NodeId, Raft, RaftError, ReadState, Ready};
 use raftkv::storage::{LogStore, LogWrite, MemStore};
@@ -362,8 +361,8 @@ impl Sim {
             self.checker.on_apply(self.now, id, &e);
             let node = self.nodes.get_mut(&id).unwrap();
             if e.is_conf_change() {
-                let conf = ConfState::decode(e.data.clone()).expect("conf change entries decode");
-                node.raft_mut().apply_conf_change(conf);
+                let change = e.decode_conf_change().expect("conf change entries decode");
+                node.raft_mut().apply_conf_change(change.conf.expect("decoded with a configuration"));
             } else if !e.data.is_empty() {
                 node.applied.push((e.index, e.data.clone()));
             }

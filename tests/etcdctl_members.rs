@@ -1,0 +1,164 @@
+//! Debian's etcdctl 3.4 `member` commands against a real raftkv cluster.
+//! The expected outputs and error texts are etcd 3.4's, as etcdctl printed
+//! them against `etcd` 3.4 on the same machine.
+//!
+//! Needs `etcdctl` on the PATH (`scripts/install-deps` installs Debian's
+//! `etcd-client`).
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::cluster::Cluster;
+
+const LIMIT: Duration = Duration::from_secs(15);
+
+/// etcdctl (API v3): (success, stdout, stderr).
+fn etcdctl(endpoint: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("etcdctl")
+        .arg("--endpoints")
+        .arg(endpoint)
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .output()
+        .expect("etcdctl is on the PATH (scripts/install-deps installs Debian's etcd-client)");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn ok(endpoint: &str, args: &[&str]) -> String {
+    let (success, out, err) = etcdctl(endpoint, args);
+    assert!(success, "etcdctl {args:?} failed:\n{out}{err}");
+    out
+}
+
+/// The last line of etcdctl's stderr: `Error: <the server's text>`.
+fn fails(endpoint: &str, args: &[&str]) -> String {
+    let (success, out, err) = etcdctl(endpoint, args);
+    assert!(!success, "etcdctl {args:?} succeeded:\n{out}");
+    err.lines().last().unwrap_or_default().to_string()
+}
+
+/// `member list` rows: (id, status, name, peer URLs, client URLs, is learner).
+fn rows(endpoint: &str) -> Vec<Vec<String>> {
+    ok(endpoint, &["member", "list"]).lines().map(|l| l.split(", ").map(String::from).collect()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcdctl_adds_promotes_updates_and_removes_members_with_etcds_answers() {
+    let mut cluster = Cluster::start_partial(4, 3, &[]);
+    cluster.wait_leader(LIMIT).await;
+    let e = cluster.members[0].client_url.clone();
+    let (url4, url1) = (cluster.members[3].peer_url.clone(), cluster.members[0].peer_url.clone());
+    // A member just started has not been heard from long: etcd too says
+    // "unhealthy cluster" for a while. Wait until additions are accepted.
+    let e2 = e.clone();
+    let url = url4.clone();
+    let added = tokio::task::spawn_blocking(move || {
+        for _ in 0..100 {
+            let (success, out, err) = etcdctl(&e2, &["member", "add", "m4", "--peer-urls", &url, "--learner"]);
+            if success {
+                return out;
+            }
+            assert!(err.contains("unhealthy cluster"), "{err}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("additions were never accepted");
+    })
+    .await
+    .unwrap();
+    let e = e.as_str();
+    let listed = rows(e);
+    let learner = listed.iter().find(|r| r[3] == url4).expect("the learner is listed").clone();
+    assert_eq!(&learner[1..], ["unstarted", "", url4.as_str(), "", "true"], "{listed:?}");
+    let lines: Vec<&str> = added.lines().collect();
+    // etcdctl pads both ids to 16 columns ("%16x").
+    assert_eq!(lines[0], format!("Member {:16x} added to cluster {:16x}", hex(&learner[0]), cluster_id(e)));
+    let mut initial: Vec<String> = cluster.members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect();
+    initial.sort();
+    let printed = lines[3].trim_start_matches("ETCD_INITIAL_CLUSTER=\"").trim_end_matches('"');
+    let mut printed: Vec<String> = printed.split(',').map(String::from).collect();
+    printed.sort();
+    assert_eq!(printed, initial);
+    assert_eq!(
+        &lines[4..],
+        [format!("ETCD_INITIAL_ADVERTISE_PEER_URLS=\"{url4}\"").as_str(), "ETCD_INITIAL_CLUSTER_STATE=\"existing\""]
+    );
+
+    // etcd 3.4's refusals, each changing nothing.
+    let voter = listed.iter().find(|r| r[3] == url1).unwrap()[0].clone();
+    let other = cluster.members[1].peer_url.clone();
+    let before = rows(e);
+    for (args, answer) in [
+        (
+            vec!["member", "add", "m5", "--peer-urls", "http://127.0.0.1:1", "--learner"],
+            "too many learner members in cluster",
+        ),
+        (vec!["member", "add", "m5", "--peer-urls", &url1], "Peer URLs already exists"),
+        (vec!["member", "remove", "1234"], "member not found"),
+        (vec!["member", "promote", &voter], "can only promote a learner member"),
+        (vec!["member", "promote", &learner[0]], "can only promote a learner member which is in sync with leader"),
+        (vec!["member", "update", "1234", "--peer-urls", "http://127.0.0.1:2"], "member not found"),
+        (vec!["member", "update", &learner[0], "--peer-urls", &other], "Peer URLs already exists"),
+    ] {
+        assert_eq!(fails(e, &args), format!("Error: etcdserver: {answer}"), "etcdctl {args:?}");
+    }
+    assert_eq!(rows(e), before, "a refused change changed nothing");
+
+    // Peer URLs change on every member; the list shows it everywhere.
+    let moved = "http://127.0.0.1:3";
+    let out = ok(e, &["member", "update", &learner[0], "--peer-urls", moved]);
+    assert_eq!(out.trim_end(), format!("Member {:16x} updated in cluster {:16x}", hex(&learner[0]), cluster_id(e)));
+    for m in &cluster.members[..3] {
+        let r = rows(&m.client_url);
+        assert!(r.iter().any(|r| r[0] == learner[0] && r[3] == moved), "{r:?}");
+    }
+    let out = ok(e, &["member", "remove", &learner[0]]);
+    assert_eq!(out.trim_end(), format!("Member {:16x} removed from cluster {:16x}", hex(&learner[0]), cluster_id(e)));
+    assert_eq!(rows(e).len(), 3);
+    let table = ok(e, &["member", "list", "-w", "table"]);
+    assert!(
+        table.contains(
+            "|        ID        | STATUS  | NAME |       PEER ADDRS       |      CLIENT ADDRS      | IS LEARNER |"
+        ),
+        "{table}"
+    );
+
+    // One of three down: no voter may be added (the quorum of four would
+    // need it), and no live member removed (two would need it).
+    cluster.kill(2);
+    let third = cluster.members[1].peer_url.clone();
+    let live = rows(e).iter().find(|r| r[3] == third).unwrap()[0].clone();
+    // The leader counts a member out once it has not heard from it for an
+    // election timeout. Until then this probe (a URL in use: refused either
+    // way, so it changes nothing) says "Peer URLs already exists".
+    let probe = ["member", "add", "m5", "--peer-urls", url1.as_str()];
+    let mut noticed = false;
+    for _ in 0..100 {
+        let answer = fails(e, &probe);
+        if answer.contains("not enough started members") {
+            noticed = true;
+            break;
+        }
+        assert_eq!(answer, "Error: etcdserver: Peer URLs already exists");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(noticed, "the leader never counted the killed member out\n{}", cluster.logs());
+    assert_eq!(
+        fails(e, &["member", "add", "m5", "--peer-urls", "http://127.0.0.1:4"]),
+        "Error: etcdserver: re-configuration failed due to not enough started members"
+    );
+    assert_eq!(
+        fails(e, &["member", "remove", &live]),
+        "Error: etcdserver: re-configuration failed due to not enough started members"
+    );
+}
+
+fn hex(id: &str) -> u64 {
+    u64::from_str_radix(id, 16).unwrap()
+}
+
+fn cluster_id(endpoint: &str) -> u64 {
+    let out = ok(endpoint, &["member", "list", "-w", "json"]);
+    serde_json::from_str::<serde_json::Value>(&out).unwrap()["header"]["cluster_id"].as_u64().unwrap()
+}

@@ -1,0 +1,160 @@
+//! Runtime membership on real processes, every scenario under client load:
+//! the clients' history (puts, linearizable gets, deletes, compare-and-swaps
+//! through random members, final reads through every member) must be
+//! linearizable, and the members must converge to one state.
+//!
+//! Members join the way etcd documents it: `member add` (a learner, promoted
+//! once in sync, or a voter), then start with `--initial-cluster-state
+//! existing`. A removed member stops by itself and its data directory
+//! refuses to start again.
+
+mod support;
+
+use std::time::Duration;
+
+use raftkv::client::Client;
+use support::chaos::{self, Workload};
+use support::cluster::Cluster;
+
+const LIMIT: Duration = Duration::from_secs(30);
+const CLIENTS: usize = 4;
+
+async fn client(cluster: &Cluster) -> Client {
+    let running: Vec<String> = (0..cluster.members.len())
+        .filter(|&i| cluster.is_running(i))
+        .map(|i| cluster.members[i].client_url.clone())
+        .collect();
+    Client::connect(&running).await.unwrap()
+}
+
+/// Waits until the member list shows member `id` started (it published its
+/// name), as an operator would before the next change.
+async fn wait_started(cluster: &Cluster, id: u64) {
+    for _ in 0..150 {
+        let list = client(cluster).await.member_list().await.unwrap();
+        if list.members.iter().any(|m| m.id == id && !m.name.is_empty()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("member {id:x} never started\n{}", cluster.logs());
+}
+
+/// etcd's learner flow: add as a learner, start, promote once in sync.
+async fn join_as_learner(cluster: &mut Cluster, i: usize) {
+    let id = cluster.add_member(i, true).await;
+    cluster.start_member(i);
+    wait_started(cluster, id).await;
+    // Promotion is refused until the learner holds 90% of the leader's log.
+    for _ in 0..150 {
+        match client(cluster).await.member_promote(id).await {
+            Ok(()) => return,
+            Err(e) if e.to_string().contains("in sync with leader") => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => panic!("promoting {} failed: {e}\n{}", cluster.members[i].name, cluster.logs()),
+        }
+    }
+    panic!("{} never caught up enough to be promoted\n{}", cluster.members[i].name, cluster.logs());
+}
+
+/// etcd's voter flow: add as a voter, then start.
+async fn join_as_voter(cluster: &mut Cluster, i: usize) {
+    let id = cluster.add_member(i, false).await;
+    cluster.start_member(i);
+    wait_started(cluster, id).await;
+}
+
+/// Removes member `i` through another member; it must stop by itself, saying why.
+async fn remove(cluster: &mut Cluster, i: usize) {
+    let id = cluster.member_id(i).await;
+    let others: Vec<String> = (0..cluster.members.len())
+        .filter(|&j| j != i && cluster.is_running(j))
+        .map(|j| cluster.members[j].client_url.clone())
+        .collect();
+    Client::connect(&others).await.unwrap().member_remove(id).await.unwrap();
+    if cluster.is_running(i) {
+        let status = cluster.wait_exit(i, LIMIT);
+        assert!(!status.success(), "a removed member exits with a failure status");
+        assert!(cluster.log_of(i).contains("was removed from the cluster"), "{}", cluster.log_of(i));
+    }
+}
+
+async fn voters_and_learners(cluster: &Cluster) -> (usize, usize) {
+    let list = client(cluster).await.member_list().await.unwrap();
+    let learners = list.members.iter().filter(|m| m.is_learner).count();
+    (list.members.len() - learners, learners)
+}
+
+async fn finish(cluster: &Cluster, load: Workload, seed: u64) {
+    let history = load.finish(cluster).await;
+    chaos::wait_converged(cluster, LIMIT).await;
+    chaos::assert_linearizable(&history, seed, cluster);
+    let (acked, ambiguous, reads) = history.counts();
+    println!("seed {seed}: {acked} acknowledged writes, {ambiguous} ambiguous, {reads} reads: linearizable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_grows_from_one_member_to_five_and_shrinks_to_three_under_load() {
+    let seed = chaos::seeds()[0];
+    let mut cluster = Cluster::start_partial(5, 1, &[]);
+    cluster.wait_leader(LIMIT).await;
+    let load = Workload::start(CLIENTS, cluster.endpoints(), seed);
+    join_as_learner(&mut cluster, 1).await;
+    join_as_voter(&mut cluster, 2).await;
+    join_as_learner(&mut cluster, 3).await;
+    join_as_voter(&mut cluster, 4).await;
+    assert_eq!(voters_and_learners(&cluster).await, (5, 0));
+
+    // The leader removing itself hands leadership over first.
+    let leader = cluster.wait_leader(LIMIT).await;
+    remove(&mut cluster, leader).await;
+    let log = cluster.log_of(leader);
+    assert!(log.contains("handing leadership over"), "{log}");
+    assert!(!log.contains("stepping down: no longer a voter"), "the hand-over timed out:\n{log}");
+    let other = (0..5).find(|&i| i != leader && i < 2).unwrap();
+    remove(&mut cluster, other).await;
+    assert_eq!(voters_and_learners(&cluster).await, (3, 0));
+    finish(&cluster, load, seed).await;
+
+    // A removed member's data directory never starts again.
+    cluster.start_member(leader);
+    let status = cluster.wait_exit(leader, LIMIT);
+    assert!(!status.success());
+    assert!(cluster.log_of(leader).contains("cannot be used again"), "{}", cluster.log_of(leader));
+    assert_eq!(voters_and_learners(&cluster).await, (3, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_whose_data_directory_was_lost_is_replaced_by_a_new_member() {
+    let seed = chaos::seeds()[0];
+    let mut cluster = Cluster::start_partial(4, 3, &[]);
+    cluster.wait_leader(LIMIT).await;
+    let load = Workload::start(CLIENTS, cluster.endpoints(), seed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Its disk died: the process is gone and so is its data directory.
+    let leader = cluster.wait_leader(LIMIT).await;
+    let lost = (0..3).find(|&i| i != leader).unwrap();
+    cluster.kill(lost);
+    std::fs::remove_dir_all(&cluster.members[lost].data_dir).unwrap();
+    // A member that is down may be removed: it is not part of the quorum.
+    remove(&mut cluster, lost).await;
+    join_as_voter(&mut cluster, 3).await;
+    assert_eq!(voters_and_learners(&cluster).await, (3, 0));
+    finish(&cluster, load, seed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_original_member_is_replaced_one_by_one_under_load() {
+    let seed = chaos::seeds()[0];
+    let mut cluster = Cluster::start_partial(6, 3, &[]);
+    cluster.wait_leader(LIMIT).await;
+    let load = Workload::start(CLIENTS, cluster.endpoints(), seed);
+    for original in 0..3 {
+        join_as_learner(&mut cluster, 3 + original).await;
+        remove(&mut cluster, original).await;
+        assert_eq!(voters_and_learners(&cluster).await, (3, 0));
+    }
+    assert!((0..3).all(|i| !cluster.is_running(i)), "none of the originals is left");
+    finish(&cluster, load, seed).await;
+}

@@ -234,21 +234,23 @@ impl KvStore {
         Ok(())
     }
 
-    /// A checksum of every key, value and revision, equal on members that
-    /// applied the same commands.
-    pub fn hash(&self) -> u32 {
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&self.revision.to_be_bytes());
-        for kv in self.map.values() {
-            hasher.update(&(kv.key.len() as u64).to_be_bytes());
-            hasher.update(&kv.key);
-            hasher.update(&(kv.value.len() as u64).to_be_bytes());
-            hasher.update(&kv.value);
-            for n in [kv.create_revision, kv.mod_revision, kv.version] {
-                hasher.update(&n.to_be_bytes());
-            }
+    /// etcd's HashKV: a checksum of every record the history holds up to
+    /// `revision` (0: the current one), tombstones included, equal on members
+    /// that applied the same log; with the compaction point it starts from.
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64), KvError> {
+        let revision = if revision == 0 { self.revision } else { revision };
+        if revision > self.revision {
+            return Err(KvError::FutureRevision);
         }
-        hasher.finalize()
+        if revision < self.compact_revision() {
+            return Err(KvError::Compacted);
+        }
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&revision.to_be_bytes());
+        for kv in self.history.records().filter(|kv| kv.mod_revision <= revision) {
+            hash_record(&mut hasher, kv);
+        }
+        Ok((hasher.finalize(), self.compact_revision()))
     }
 }
 
@@ -349,3 +351,13 @@ pub fn txn_command(req: crate::proto::etcdserverpb::TxnRequest) -> Command {
 
 #[cfg(test)]
 mod tests;
+
+fn hash_record(hasher: &mut crc32fast::Hasher, kv: &KeyValue) {
+    hasher.update(&(kv.key.len() as u64).to_be_bytes());
+    hasher.update(&kv.key);
+    hasher.update(&(kv.value.len() as u64).to_be_bytes());
+    hasher.update(&kv.value);
+    for n in [kv.create_revision, kv.mod_revision, kv.version] {
+        hasher.update(&n.to_be_bytes());
+    }
+}

@@ -375,7 +375,11 @@ fn hash_is_equal_for_equal_histories() {
         put(kv, "x", "1");
         put(kv, "y", "2");
     }
-    assert_eq!(a.hash(), b2.hash());
+    assert_eq!(a.hash_kv(0), b2.hash_kv(0));
+    let at_three = a.hash_kv(3).unwrap();
     put(&mut a, "x", "1");
-    assert_ne!(a.hash(), b2.hash(), "same values, different revisions");
+    assert_ne!(a.hash_kv(0), b2.hash_kv(0), "same values, different revisions");
+    // A revision's hash stays what it was: later writes are not in it.
+    assert_eq!(a.hash_kv(3).unwrap(), at_three);
+    assert_eq!(a.hash_kv(9), Err(KvError::FutureRevision));
 }

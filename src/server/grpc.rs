@@ -1,5 +1,6 @@
-//! The gRPC services: etcd's `KV` and `Maintenance` on the client port, and
-//! `RaftPeer` on the peer port (`Cluster` is in [`super::membership`]).
+//! The gRPC services: etcd's `KV` on the client port, and `RaftPeer` on the
+//! peer port (`Cluster` is in [`super::membership`], `Maintenance` in
+//! [`super::maintenance`]).
 
 use std::sync::Arc;
 
@@ -11,11 +12,9 @@ use super::shared::{Shared, node_status};
 use super::wire::from_wire;
 use crate::kv;
 use crate::proto::etcdserverpb::kv_server::Kv;
-use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvRequest, HashKvResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, StatusRequest, StatusResponse, TxnRequest,
-    TxnResponse, response_op,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse, response_op,
 };
 use crate::proto::raftpeer::raft_peer_server::RaftPeer;
 use crate::proto::raftpeer::{
@@ -112,57 +111,6 @@ fn nested_headers(txn: &mut TxnResponse, revision: i64) {
             None => {}
         }
     }
-}
-
-pub struct MaintenanceService(pub Arc<Shared>);
-
-#[tonic::async_trait]
-impl Maintenance for MaintenanceService {
-    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        let shared = &self.0;
-        let status = shared.status.borrow().clone();
-        // A walk of the data directory: file system calls, off the workers.
-        let dir = shared.settings.data_dir.clone();
-        let db_size = tokio::task::spawn_blocking(move || dir_size(&dir)).await.unwrap_or(0) as i64;
-        Ok(Response::new(StatusResponse {
-            header: Some(shared.header(status.revision, status.term)),
-            // Clients and tools read this as the etcd version they talk to;
-            // raftkv's own version is in /version beside it.
-            version: super::ETCD_API_VERSION.to_string(),
-            db_size,
-            leader: status.leader.unwrap_or(0),
-            raft_index: status.commit,
-            raft_term: status.term,
-            raft_applied_index: status.applied,
-            errors: Vec::new(),
-            db_size_in_use: db_size,
-            is_learner: status.is_learner,
-        }))
-    }
-
-    async fn hash_kv(&self, _: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        let (hash, revision) = self.0.hash().await?;
-        let term = self.0.status.borrow().term;
-        // No history is kept: the current revision is also the compacted one.
-        Ok(Response::new(HashKvResponse {
-            header: Some(self.0.header(revision, term)),
-            hash,
-            compact_revision: revision,
-        }))
-    }
-}
-
-/// Bytes of the files directly in `dir` and its subdirectories.
-pub fn dir_size(dir: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_size(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 pub struct PeerService(pub Arc<Shared>);

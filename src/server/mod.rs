@@ -13,6 +13,7 @@ pub mod forward;
 pub mod grpc;
 pub mod http;
 pub mod join;
+pub mod maintenance;
 pub mod membership;
 pub mod node;
 pub mod shared;
@@ -218,7 +219,9 @@ pub async fn serve(mut settings: Settings, stop: signal::Receiver<bool>) -> Resu
     let (status_tx, status_rx) = signal::channel(node::NodeStatus::default());
     let requests = node_tx.downgrade();
     let (applied_tx, applied_rx) = signal::channel(kv.clone());
-    let shared = Arc::new(shared::Shared::new(settings.clone(), snapshot_dir, node_tx, status_rx, applied_rx));
+    let defragmenter = store.defragmenter();
+    let shared =
+        Arc::new(shared::Shared::new(settings.clone(), snapshot_dir, node_tx, status_rx, applied_rx, defragmenter));
 
     let mut servers = tokio::task::JoinSet::new();
     let max_message = (2 * settings.max_request_bytes).max(4 << 20);
@@ -248,7 +251,7 @@ pub async fn serve(mut settings: Settings, stop: signal::Receiver<bool>) -> Resu
             TcpListener::bind(addr).await.map_err(|source| ServerError::Listen { what: "client", addr, source })?;
         let grpc = tonic::service::Routes::new(KvRoutes::new(shared.clone(), max_message))
             .add_service(ClusterServer::new(membership::service::ClusterService(shared.clone())))
-            .add_service(MaintenanceServer::new(grpc::MaintenanceService(shared.clone())))
+            .add_service(MaintenanceServer::new(maintenance::MaintenanceService(shared.clone())))
             .add_service(
                 WatchServer::new(watch::grpc::WatchService(shared.clone())).max_decoding_message_size(max_message),
             )

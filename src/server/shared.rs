@@ -25,6 +25,7 @@ use crate::proto::raftkvpb::Command;
 use crate::proto::{ConfState, Membership};
 use crate::raft::NodeId;
 use crate::snapshot::SnapshotDir;
+use crate::storage::Defragmenter;
 
 /// How long a request may wait for the cluster (an election included).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,6 +43,8 @@ pub struct Shared {
     pub applied: watch::Receiver<KvStore>,
     /// Watch streams and watchers open on this member.
     pub watches: super::watch::Gauges,
+    /// Compacts the member's RocksDB store (etcd's Defragment).
+    pub defragmenter: Defragmenter,
     /// A forwarding stream per leader this member forwarded to, with the
     /// peer URL it was made for (a member that moved gets a new one).
     forwarders: Mutex<HashMap<NodeId, (String, Forwarder)>>,
@@ -57,6 +60,7 @@ impl Shared {
         node: mpsc::Sender<Request>,
         status: watch::Receiver<NodeStatus>,
         applied: watch::Receiver<KvStore>,
+        defragmenter: Defragmenter,
     ) -> Shared {
         Shared {
             settings,
@@ -65,6 +69,7 @@ impl Shared {
             status,
             applied,
             watches: Default::default(),
+            defragmenter,
             forwarders: Mutex::default(),
         }
     }
@@ -227,8 +232,25 @@ impl Shared {
         }
     }
 
-    pub async fn hash(&self) -> Result<(u32, i64), Status> {
-        self.ask(|reply| Request::Hash { reply }).await.map_err(node_status)
+    /// HashKV at `revision`: the hash, the revision, the compaction point.
+    pub async fn hash(&self, revision: i64) -> Result<(u32, i64, i64), Status> {
+        self.ask(|reply| Request::Hash { revision, reply }).await.map_err(node_status)?.map_err(kv_status)
+    }
+
+    /// etcd's MoveLeader: this member must lead; answers once `to` leads.
+    pub async fn move_leader(&self, to: NodeId) -> Result<(), Status> {
+        let me = self.settings.member_id;
+        if to == me && self.status.borrow().leader == Some(me) {
+            return Ok(());
+        }
+        self.ask(|reply| Request::TransferLeader { to, reply }).await.map_err(node_status)?.map_err(node_status)?;
+        let mut status = self.status.clone();
+        let moved = tokio::time::timeout(REQUEST_TIMEOUT, status.wait_for(|s| s.leader == Some(to))).await;
+        match moved {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(node_status(NodeError::Stopped)),
+            Err(_) => Err(Status::unavailable("etcdserver: request timed out, leader transfer took too long")),
+        }
     }
 
     /// Refuses a request over the size limit, naming the limit.
@@ -259,6 +281,7 @@ pub fn node_status(e: NodeError) -> Status {
     match e {
         NodeError::Kv(e) => kv_status(e),
         NodeError::Membership(e) => e.status(),
+        NodeError::NotLeaderHere | NodeError::BadTransferee => Status::failed_precondition(e.to_string()),
         e => Status::unavailable(e.to_string()),
     }
 }

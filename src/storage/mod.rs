@@ -12,7 +12,7 @@ mod rocks;
 
 pub use frame::{decode_frame, encode_frame};
 pub use memory::MemStore;
-pub use rocks::RocksStore;
+pub use rocks::{Defragmenter, RocksStore};
 
 use crate::proto::{ConfState, Entry, HardState, SnapshotMeta};
 use crate::raft::InitialState;

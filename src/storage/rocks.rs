@@ -28,8 +28,25 @@ const KEY_REMOVED: &[u8] = b"removed";
 /// How many recent terms stay cached.
 const TERM_CACHE: usize = 16 * 1024;
 
+/// Compacts every column family fully: space of deleted and overwritten
+/// records (the compacted log, older hard states) goes back to the disk.
+#[derive(Clone)]
+pub struct Defragmenter(std::sync::Arc<DB>);
+
+impl Defragmenter {
+    /// Blocking: a full compaction rewrites the column families' files.
+    pub fn run(&self) -> Result<()> {
+        for name in [CF_STATE, CF_LOG, CF_META] {
+            let cf = self.0.cf_handle(name).expect("column families are created at open");
+            self.0.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        }
+        self.0.flush().map_err(rocks("flush after compaction"))
+    }
+}
+
 pub struct RocksStore {
-    db: DB,
+    /// Shared with [`Defragmenter`], which compacts it off the Raft loop.
+    db: std::sync::Arc<DB>,
     path: PathBuf,
     /// Compaction point.
     offset: SnapshotMeta,
@@ -63,7 +80,7 @@ impl RocksStore {
         let cfs = [CF_STATE, CF_LOG, CF_META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(rocks(format!("open {}", path.display())))?;
         let mut store = RocksStore {
-            db,
+            db: std::sync::Arc::new(db),
             path,
             offset: SnapshotMeta::default(),
             last: 0,
@@ -96,6 +113,12 @@ impl RocksStore {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_META), KEY_IDENTITY, encode_frame(KEY_IDENTITY, &payload));
         self.db.write_opt(batch, &opts).map_err(rocks("write identity"))
+    }
+
+    /// A handle that compacts the store's column families (etcd's
+    /// Defragment), usable from any thread while the store runs.
+    pub fn defragmenter(&self) -> Defragmenter {
+        Defragmenter(self.db.clone())
     }
 
     /// The member table this data directory started from (the initial

@@ -77,6 +77,11 @@ pub enum NodeError {
     Kv(#[from] KvError),
     #[error(transparent)]
     Membership(#[from] MembershipError),
+    /// MoveLeader sent to a member that does not lead (etcd's text).
+    #[error("etcdserver: not leader")]
+    NotLeaderHere,
+    #[error("etcdserver: bad leader transferee")]
+    BadTransferee,
     /// Certain: not appended, another change is still being applied.
     #[error("etcdserver: a configuration change is still in progress")]
     ConfChangePending,
@@ -101,7 +106,14 @@ pub enum Request {
         reply: oneshot::Sender<Result<(RangeResponse, i64), NodeError>>,
     },
     Hash {
-        reply: oneshot::Sender<(u32, i64)>,
+        revision: i64,
+        reply: oneshot::Sender<Result<(u32, i64, i64), KvError>>,
+    },
+    /// Hand leadership to `to` (this member must lead); answered once the
+    /// transfer started.
+    TransferLeader {
+        to: NodeId,
+        reply: oneshot::Sender<Result<(), NodeError>>,
     },
     Peer(Message),
     /// A verified, durable snapshot from the leader; `reply` gets the term.
@@ -348,7 +360,15 @@ impl Node {
                 self.reads.serve(&self.kv, PendingRead { req, reply })
             }
             Request::Range { req, linearizable: true, reply } => self.reads.queue(PendingRead { req, reply }),
-            Request::Hash { reply } => self.reads.hash(&self.kv, reply),
+            Request::Hash { revision, reply } => self.reads.hash(&self.kv, revision, reply),
+            Request::TransferLeader { to, reply } => {
+                let result = match self.raft.transfer_leader(to) {
+                    Ok(()) => Ok(()),
+                    Err(RaftError::NotLeader { .. }) => Err(NodeError::NotLeaderHere),
+                    Err(_) => Err(NodeError::BadTransferee),
+                };
+                let _ = reply.send(result);
+            }
         }
         Ok(())
     }

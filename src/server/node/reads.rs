@@ -18,7 +18,7 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 use super::NodeError;
-use crate::kv::KvStore;
+use crate::kv::{KvError, KvStore};
 use crate::proto::etcdserverpb::{RangeRequest, RangeResponse};
 use crate::raft::Raft;
 
@@ -152,11 +152,12 @@ impl Reads {
         });
     }
 
-    /// Hashes `kv` on a blocking thread.
-    pub fn hash(&self, kv: &KvStore, reply: oneshot::Sender<(u32, i64)>) {
+    /// etcd's HashKV of `kv` at `revision`, on a blocking thread: the hash,
+    /// the store's revision and its compaction point.
+    pub fn hash(&self, kv: &KvStore, revision: i64, reply: oneshot::Sender<Result<(u32, i64, i64), KvError>>) {
         let kv = kv.clone();
         self.runtime.spawn_blocking(move || {
-            let _ = reply.send((kv.hash(), kv.revision()));
+            let _ = reply.send(kv.hash_kv(revision).map(|(hash, compacted)| (hash, kv.revision(), compacted)));
         });
     }
 

@@ -1,6 +1,7 @@
-//! Debian's etcdctl 3.4 `member` commands against a real raftkv cluster.
-//! The expected outputs and error texts are etcd 3.4's, as etcdctl printed
-//! them against `etcd` 3.4 on the same machine.
+//! Debian's etcdctl 3.4's administration commands (`member`, `move-leader`,
+//! `defrag`, `endpoint hashkv`) against a real raftkv cluster. The expected
+//! outputs and error texts are etcd 3.4's, as etcdctl printed them against
+//! `etcd` 3.4 on the same machine.
 //!
 //! Needs `etcdctl` on the PATH (`scripts/install-deps` installs Debian's
 //! `etcd-client`).
@@ -161,4 +162,44 @@ fn hex(id: &str) -> u64 {
 fn cluster_id(endpoint: &str) -> u64 {
     let out = ok(endpoint, &["member", "list", "-w", "json"]);
     serde_json::from_str::<serde_json::Value>(&out).unwrap()["header"]["cluster_id"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcdctl_moves_the_leader_defragments_and_hashes_at_a_revision() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.wait_leader(LIMIT).await;
+    let all = cluster.endpoints().join(",");
+    let one = cluster.endpoints()[(leader + 1) % 3].clone();
+    let target = (leader + 2) % 3;
+    let target_id = cluster.member_id(target).await;
+    let leader_id = cluster.member_id(leader).await;
+    tokio::task::spawn_blocking(move || {
+        let (all, one) = (all.as_str(), one.as_str());
+        ok(all, &["put", "a", "1"]);
+        ok(all, &["put", "a", "2"]);
+        // move-leader needs the leader among the endpoints, and a voter.
+        assert_eq!(
+            fails(one, &["move-leader", &format!("{target_id:x}")]),
+            format!("Error: no leader endpoint given at [{one}]")
+        );
+        assert_eq!(fails(all, &["move-leader", "1234"]), "Error: etcdserver: bad leader transferee");
+        let moved = ok(all, &["move-leader", &format!("{target_id:x}")]);
+        assert_eq!(moved.trim(), format!("Leadership transferred from {leader_id:x} to {target_id:x}"));
+        let defrag = ok(all, &["defrag"]);
+        assert_eq!(defrag.lines().count(), 3, "{defrag}");
+        assert!(defrag.lines().all(|l| l.starts_with("Finished defragmenting etcd member[")), "{defrag}");
+        // Every member hashes revision 2 alike, and revision 2's hash does
+        // not change with later writes.
+        let at_two = ok(all, &["endpoint", "hashkv", "--rev", "2"]);
+        let hashes: Vec<&str> = at_two.lines().map(|l| l.rsplit(", ").next().unwrap()).collect();
+        assert!(hashes.len() == 3 && hashes.windows(2).all(|w| w[0] == w[1]), "{at_two}");
+        ok(all, &["put", "a", "3"]);
+        assert_eq!(ok(all, &["endpoint", "hashkv", "--rev", "2"]), at_two);
+        assert_ne!(ok(all, &["endpoint", "hashkv"]), at_two);
+        let err = fails(one, &["endpoint", "hashkv", "--rev", "99"]);
+        assert_eq!(err, "Error: etcdserver: mvcc: required revision is a future revision");
+    })
+    .await
+    .unwrap();
+    assert_eq!(cluster.wait_leader(LIMIT).await, target);
 }

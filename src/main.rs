@@ -115,6 +115,11 @@ enum Command {
         #[command(subcommand)]
         op: MemberOp,
     },
+    /// Back up a member's data, or seed a new cluster's member from a backup.
+    Snapshot {
+        #[command(subcommand)]
+        op: SnapshotOp,
+    },
     /// An interactive prompt: put, get, del, scan, status, help, exit.
     Shell {
         #[command(flatten)]
@@ -125,6 +130,25 @@ enum Command {
     Bench {
         #[command(subcommand)]
         workload: BenchWorkload,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotOp {
+    /// Save the first reachable endpoint's applied state (history included) to FILE.
+    Save {
+        file: PathBuf,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Write a new member's --data-dir from FILE, for a new cluster: give every
+    /// member of the new cluster the same FILE and the flags it will be started
+    /// with (--name, --initial-cluster, --initial-advertise-peer-urls,
+    /// --initial-cluster-token, --data-dir), then start each with those flags.
+    Restore {
+        file: PathBuf,
+        #[command(flatten)]
+        args: Box<ServerArgs>,
     },
 }
 
@@ -318,6 +342,30 @@ async fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Status { conn } => status(&conn.endpoints).await?,
         Command::Member { op } => member(op).await?,
+        Command::Snapshot { op: SnapshotOp::Save { file, conn } } => {
+            let mut client = Client::connect(&conn.endpoints).await?;
+            let saved = client.save_snapshot(&file).await?;
+            println!(
+                "Snapshot saved at {} ({} bytes, {} keys, revision {})",
+                saved.path.display(),
+                saved.bytes,
+                saved.keys,
+                saved.revision
+            );
+        }
+        Command::Snapshot { op: SnapshotOp::Restore { file, args } } => {
+            let settings = args.resolve().map_err(|e| Failure::Usage(e.to_string()))?;
+            let restored = server::recovery::restore(&file, &settings)?;
+            println!(
+                "Restored {} keys (revision {}, index {}) into {} as member {:x} of cluster {:x}",
+                restored.keys,
+                restored.revision,
+                restored.index,
+                settings.data_dir.display(),
+                settings.member_id,
+                settings.cluster_id
+            );
+        }
         Command::Shell { conn } => {
             let input = std::io::BufReader::new(std::io::stdin());
             raftkv::shell::run(&conn.endpoints, input, std::io::stdout()).await?;

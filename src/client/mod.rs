@@ -13,6 +13,7 @@
 //! watch ([`ResumingWatch`]) resumes after a broken stream from the revision
 //! after the last one it delivered.
 
+pub mod backup;
 pub mod members;
 pub mod output;
 pub mod watch;
@@ -45,6 +46,11 @@ pub enum ClientError {
     BadSettings(String),
     #[error("{}", .0.message())]
     Server(#[from] tonic::Status),
+    #[error("{path}: {source}")]
+    Io { path: std::path::PathBuf, source: std::io::Error },
+    /// What a member sent does not verify.
+    #[error("{0}")]
+    Corrupt(String),
     /// The server ended a watch: etcdctl's wording, etcd's reason.
     #[error("watch was canceled ({reason})")]
     WatchCanceled { reason: String, compact_revision: i64 },

@@ -79,6 +79,11 @@ pub struct ServerArgs {
     /// Most learners the cluster may have at once (default 1, as etcd).
     #[arg(long, env = "RAFTKV_MAX_LEARNERS")]
     pub max_learners: Option<usize>,
+    /// Restart this surviving member as a one-member cluster holding all it
+    /// had committed, when a quorum is lost for good; grow it back with
+    /// `member add`, and start without this flag from then on.
+    #[arg(long, env = "RAFTKV_FORCE_NEW_CLUSTER")]
+    pub force_new_cluster: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +121,7 @@ pub struct Settings {
     /// This member's peer URLs, as the others reach it.
     pub advertise_peer_urls: Vec<String>,
     pub max_learners: usize,
+    pub force_new_cluster: bool,
     pub data_dir: PathBuf,
     pub client_addrs: Vec<SocketAddr>,
     pub advertise_client_urls: Vec<String>,
@@ -172,6 +178,7 @@ impl ServerArgs {
                 .experimental_watch_progress_notify_interval
                 .or(file.experimental_watch_progress_notify_interval),
             max_learners: self.max_learners.or(file.max_learners),
+            force_new_cluster: self.force_new_cluster || file.force_new_cluster,
         }
     }
 
@@ -245,6 +252,7 @@ impl ServerArgs {
             initial_cluster_token: token,
             advertise_peer_urls: advertise_peer,
             max_learners: self.max_learners.unwrap_or(1),
+            force_new_cluster: self.force_new_cluster,
             name,
             data_dir,
             client_addrs,

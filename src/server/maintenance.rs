@@ -1,5 +1,7 @@
 //! etcd's `Maintenance` service: status, HashKV at a revision, leadership
-//! transfer (`etcdctl move-leader`) and Defragment.
+//! transfer (`etcdctl move-leader`), Defragment, and Snapshot (what
+//! `etcdctl snapshot save` and `raftkv snapshot save` write: a raftkv
+//! snapshot file of the applied state, history included).
 
 use std::sync::Arc;
 
@@ -9,8 +11,11 @@ use super::shared::Shared;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::{
     DefragmentRequest, DefragmentResponse, HashKvRequest, HashKvResponse, MoveLeaderRequest, MoveLeaderResponse,
-    StatusRequest, StatusResponse,
+    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
+
+/// Bytes of the snapshot file per response message.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
 
 pub struct MaintenanceService(pub Arc<Shared>);
 
@@ -46,6 +51,28 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(HashKvResponse { header: Some(self.0.header(revision, term)), hash, compact_revision }))
     }
 
+    type SnapshotStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+    /// Writes a snapshot file of the applied state beside this member's own
+    /// snapshots (never in their place), streams it, then removes it.
+    async fn snapshot(&self, _: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        let shared = &self.0;
+        let (kv, meta) = shared.snapshot_point().await?;
+        let status = shared.status.borrow().clone();
+        let header = Some(shared.header(kv.revision(), status.term));
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let path = shared.settings.data_dir.join("snap").join(format!("save-{nanos}.tmp"));
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let sent = stream_file(&path, &kv, meta, header, &tx);
+            let _ = std::fs::remove_file(&path);
+            if let Err(e) = sent {
+                let _ = tx.blocking_send(Err(Status::internal(format!("snapshot {}: {e}", path.display()))));
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
     /// Sent to the leader, as etcd requires (`etcdctl move-leader` finds it).
     async fn move_leader(&self, request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
         self.0.move_leader(request.into_inner().target_id).await?;
@@ -67,6 +94,48 @@ impl Maintenance for MaintenanceService {
         let status = self.0.status.borrow().clone();
         Ok(Response::new(DefragmentResponse { header: Some(self.0.header(status.revision, status.term)) }))
     }
+}
+
+/// Writes the snapshot to `path`, then sends it in chunks, with etcd's
+/// trailer after it: zeros to a multiple of 512, then the SHA-256 of all
+/// that (etcdctl checks it). Blocking.
+fn stream_file(
+    path: &std::path::Path,
+    kv: &crate::kv::KvStore,
+    meta: crate::proto::SnapshotMeta,
+    header: Option<crate::proto::etcdserverpb::ResponseHeader>,
+    tx: &tokio::sync::mpsc::Sender<Result<SnapshotResponse, Status>>,
+) -> std::io::Result<()> {
+    use sha2::Digest as _;
+    use std::io::Read;
+    let size = crate::snapshot::file::write(std::fs::File::create(path)?, &kv.snapshot_header(meta), kv.records())?;
+    let padding = crate::snapshot::file::backup_padding(size);
+    let mut file = std::fs::File::open(path)?;
+    let mut remaining = size + padding as u64 + 32;
+    let mut digest = sha2::Sha256::new();
+    let send = |blob: Vec<u8>, remaining: u64| {
+        let part = SnapshotResponse { header, remaining_bytes: remaining, blob: blob.into() };
+        tx.blocking_send(Ok(part)).is_ok()
+    };
+    let mut buf = vec![0; SNAPSHOT_CHUNK];
+    let mut left = size;
+    while left > 0 {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shorter than written"));
+        }
+        left -= n as u64;
+        remaining -= n as u64;
+        digest.update(&buf[..n]);
+        if !send(buf[..n].to_vec(), remaining) {
+            return Ok(()); // the client went away
+        }
+    }
+    let mut tail = vec![0; padding];
+    digest.update(&tail);
+    tail.extend_from_slice(&digest.finalize());
+    send(tail, 0);
+    Ok(())
 }
 
 /// Bytes of the files directly in `dir` and its subdirectories.

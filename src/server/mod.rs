@@ -16,6 +16,7 @@ pub mod join;
 pub mod maintenance;
 pub mod membership;
 pub mod node;
+pub mod recovery;
 pub mod shared;
 pub mod snapshots;
 pub mod transport;
@@ -59,7 +60,7 @@ pub enum ServerError {
     WrongIdentity { path: PathBuf, found_cluster: u64, found_member: u64, cluster: u64, member: u64 },
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
-    #[error("{0}")]
+    #[error(transparent)]
     Snapshot(#[from] SnapshotError),
     #[error("the core installs snapshot index {index} term {term}, but no such snapshot was received")]
     SnapshotMissing { index: u64, term: u64 },
@@ -73,6 +74,8 @@ pub enum ServerError {
     Removed { member: u64 },
     #[error("cannot join the cluster: {0}")]
     Join(String),
+    #[error("cannot restore: {0}")]
+    Restore(String),
     #[error("{what} server failed: {source}")]
     Serve { what: &'static str, source: std::io::Error },
 }
@@ -122,7 +125,18 @@ fn open(settings: &Settings, joined: Option<Joined>) -> Result<Opened, ServerErr
                 member: settings.member_id,
             });
         }
-        (Some(_), _) => tracing::info!(dir = %settings.data_dir.display(), "restarting from existing data"),
+        (Some(_), _) => {
+            tracing::info!(dir = %settings.data_dir.display(), "restarting from existing data");
+            if settings.force_new_cluster {
+                recovery::force_new_cluster(&mut store, settings.member_id)?;
+            }
+        }
+        (None, _) if settings.force_new_cluster => {
+            return Err(ServerError::Restore(format!(
+                "--force-new-cluster restarts a surviving member from its data, but {} holds none",
+                settings.data_dir.display()
+            )));
+        }
         (None, Some(joined)) => {
             // No configuration yet: the log (or a snapshot) from the leader
             // brings it, so this member cannot campaign before it knows it.

@@ -237,6 +237,11 @@ impl Shared {
         self.ask(|reply| Request::Hash { revision, reply }).await.map_err(node_status)?.map_err(kv_status)
     }
 
+    /// The applied state and its point (index, term, configuration).
+    pub async fn snapshot_point(&self) -> Result<(KvStore, crate::proto::SnapshotMeta), Status> {
+        self.ask(|reply| Request::SnapshotPoint { reply }).await.map_err(node_status)
+    }
+
     /// etcd's MoveLeader: this member must lead; answers once `to` leads.
     pub async fn move_leader(&self, to: NodeId) -> Result<(), Status> {
         let me = self.settings.member_id;

@@ -32,7 +32,7 @@ pub struct SnapshotDir {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
-    move |source| SnapshotError::Io { path: path.into(), source }
+    move |source| SnapshotError::Io { path: path.into(), error: source }
 }
 
 impl SnapshotDir {
@@ -101,7 +101,7 @@ impl SnapshotDir {
         })();
         let size = written.map_err(|source| {
             let _ = fs::remove_file(&tmp);
-            SnapshotError::Io { path: tmp.clone(), source }
+            SnapshotError::Io { path: tmp.clone(), error: source }
         })?;
         let path = self.publish(&tmp, meta)?;
         Ok((path, size))

@@ -12,6 +12,12 @@
 //! Integers are little-endian. A reader accepts a file only if every chunk's
 //! checksum, the record count and the whole-file checksum agree, and nothing
 //! follows the footer; a failure names the file and the byte offset.
+//!
+//! A backup (`Maintenance/Snapshot`, what `etcdctl snapshot save` writes)
+//! is the same file followed by etcd's trailer: zero bytes up to a multiple
+//! of 512, then the SHA-256 of everything before it. etcdctl refuses a
+//! stream without it ("sha256 checksum not found"); [`read_backup`] checks
+//! and strips it.
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::Path;
@@ -31,6 +37,30 @@ const CHUNK_BYTES: usize = 64 << 10;
 /// Larger lengths in a header or chunk are corruption, not a reason to
 /// allocate.
 const MAX_SECTION_BYTES: u32 = 64 << 20;
+
+/// etcd's trailer for a backup of `size` bytes: the zero padding to a
+/// multiple of 512 (etcdctl expects `size % 512 == 32` with the digest).
+pub fn backup_padding(size: u64) -> usize {
+    ((512 - size % 512) % 512) as usize
+}
+
+/// Reads a backup: a snapshot file, with or without etcd's trailer. A
+/// trailer whose digest does not match is not stripped, so the reader
+/// reports the bytes after the footer.
+pub fn read_backup(path: &Path) -> Result<Loaded> {
+    use sha2::Digest as _;
+    let bytes = std::fs::read(path).map_err(|source| SnapshotError::Io { path: path.to_path_buf(), error: source })?;
+    if bytes.len() % 512 == 32 && bytes.len() >= 512 + 32 {
+        let (body, digest) = bytes.split_at(bytes.len() - 32);
+        if sha2::Sha256::digest(body).as_slice() == digest {
+            // The footer ends in a non-zero magic byte: the zeros after it
+            // are all padding.
+            let end = body.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+            return read_from(&body[..end], path);
+        }
+    }
+    read_from(&bytes[..], path)
+}
 
 /// A snapshot read back: its header and its records in key order.
 #[derive(Debug)]
@@ -106,7 +136,7 @@ fn write_chunk(out: &mut impl Write, payload: &[u8], records: u32) -> io::Result
 
 /// Reads and verifies the snapshot file at `path`.
 pub fn read(path: &Path) -> Result<Loaded> {
-    let file = std::fs::File::open(path).map_err(|source| SnapshotError::Io { path: path.into(), source })?;
+    let file = std::fs::File::open(path).map_err(|source| SnapshotError::Io { path: path.into(), error: source })?;
     read_from(BufReader::with_capacity(1 << 20, file), path)
 }
 
@@ -217,7 +247,7 @@ impl<R: Read> Reader<'_, R> {
         SnapshotError::Corrupt { path: self.path.into(), offset, reason: reason.into() }
     }
     fn io(&self, source: io::Error) -> SnapshotError {
-        SnapshotError::Io { path: self.path.into(), source }
+        SnapshotError::Io { path: self.path.into(), error: source }
     }
 }
 

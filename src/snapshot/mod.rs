@@ -26,8 +26,8 @@ pub use snapshotter::{Recovered, Snapshotter, recover};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("snapshot {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("snapshot {path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("corrupt snapshot {path} at byte {offset}: {reason}")]
     Corrupt { path: PathBuf, offset: u64, reason: String },
     #[error(

@@ -30,17 +30,21 @@ const TERM_CACHE: usize = 16 * 1024;
 
 /// Compacts every column family fully: space of deleted and overwritten
 /// records (the compacted log, older hard states) goes back to the disk.
+/// It does not keep the database open: once the store is dropped (the
+/// member stopped) it has nothing to work on, and RocksDB closes with its
+/// store, before the process exits.
 #[derive(Clone)]
-pub struct Defragmenter(std::sync::Arc<DB>);
+pub struct Defragmenter(std::sync::Weak<DB>);
 
 impl Defragmenter {
     /// Blocking: a full compaction rewrites the column families' files.
     pub fn run(&self) -> Result<()> {
+        let db = self.0.upgrade().ok_or_else(|| StorageError::InvalidWrite("the store is closed".into()))?;
         for name in [CF_STATE, CF_LOG, CF_META] {
-            let cf = self.0.cf_handle(name).expect("column families are created at open");
-            self.0.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+            let cf = db.cf_handle(name).expect("column families are created at open");
+            db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
         }
-        self.0.flush().map_err(rocks("flush after compaction"))
+        db.flush().map_err(rocks("flush after compaction"))
     }
 }
 
@@ -118,7 +122,7 @@ impl RocksStore {
     /// A handle that compacts the store's column families (etcd's
     /// Defragment), usable from any thread while the store runs.
     pub fn defragmenter(&self) -> Defragmenter {
-        Defragmenter(self.db.clone())
+        Defragmenter(std::sync::Arc::downgrade(&self.db))
     }
 
     /// The member table this data directory started from (the initial

@@ -175,20 +175,49 @@ impl Cluster {
         self.members.iter().map(|m| m.client_url.clone()).collect()
     }
 
+    /// Members set up (ports, directories, flags) but none started.
+    pub fn unstarted(n: usize) -> Cluster {
+        Cluster::new(n, &[])
+    }
+
+    /// The flags that say who member `i` is in its cluster (what
+    /// `raftkv snapshot restore` takes too).
+    pub fn identity_flags(&self, i: usize) -> Vec<String> {
+        let m = &self.members[i];
+        [
+            "--name",
+            &m.name,
+            "--data-dir",
+            m.data_dir.to_str().unwrap(),
+            "--initial-advertise-peer-urls",
+            &m.peer_url,
+            "--initial-cluster",
+            &self.initial_clusters[i],
+            "--initial-cluster-token",
+            "test",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
     pub fn start_member(&mut self, i: usize) {
+        self.start_member_with(i, &[]);
+    }
+
+    /// Starts member `i` with `once` added to its flags for this start only.
+    pub fn start_member_with(&mut self, i: usize, once: &[&str]) {
+        let identity = self.identity_flags(i);
         let m = &mut self.members[i];
         assert!(m.child.is_none(), "{} already runs", m.name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&m.log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_raftkv"))
-            .args(["server", "--name", &m.name])
-            .arg("--data-dir")
-            .arg(&m.data_dir)
-            .args(["--listen-client-urls", &m.client_url])
-            .args(["--listen-peer-urls", &m.peer_url, "--initial-advertise-peer-urls", &m.peer_url])
-            .args(["--initial-cluster", &self.initial_clusters[i], "--initial-cluster-token", "test"])
+            .arg("server")
+            .args(&identity)
+            .args(["--listen-client-urls", &m.client_url, "--listen-peer-urls", &m.peer_url])
             .args(["--initial-cluster-state", self.states[i]])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(&self.extra_args)
+            .args(once)
             .env("RAFTKV_LOG", std::env::var("RAFTKV_TEST_SERVER_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

@@ -109,6 +109,10 @@ pub enum Request {
         revision: i64,
         reply: oneshot::Sender<Result<(u32, i64, i64), KvError>>,
     },
+    /// The applied state and the point it is at, for a snapshot to save.
+    SnapshotPoint {
+        reply: oneshot::Sender<(KvStore, SnapshotMeta)>,
+    },
     /// Hand leadership to `to` (this member must lead); answered once the
     /// transfer started.
     TransferLeader {
@@ -361,6 +365,14 @@ impl Node {
             }
             Request::Range { req, linearizable: true, reply } => self.reads.queue(PendingRead { req, reply }),
             Request::Hash { revision, reply } => self.reads.hash(&self.kv, revision, reply),
+            Request::SnapshotPoint { reply } => {
+                let applied = self.raft.applied_index();
+                // The applied index is never below the log's start, whose
+                // term the log keeps: the term is always known.
+                let term = self.raft.log_term(applied).unwrap_or_default();
+                let meta = SnapshotMeta { index: applied, term, conf: Some(self.raft.conf().clone()) };
+                let _ = reply.send((self.kv.clone(), meta));
+            }
             Request::TransferLeader { to, reply } => {
                 let result = match self.raft.transfer_leader(to) {
                     Ok(()) => Ok(()),

@@ -104,6 +104,9 @@ pub struct Sim {
     pub snapshot_every: Option<u64>,
     /// Entries kept in the log behind the newest snapshot.
     pub snapshot_catchup: u64,
+    /// Churn runs also change membership: add learners, promote them,
+    /// remove voters (the leader included).
+    pub membership_changes: bool,
     /// Snapshot transfers under way: (when they finish, the announcement).
     transfers: Vec<(u64, Message)>,
 }
@@ -124,6 +127,7 @@ impl Sim {
             max_msg_bytes: 8,
             snapshot_every: None,
             snapshot_catchup: 0,
+            membership_changes: false,
             transfers: Vec::new(),
         };
         let conf = ConfState::with_voters(1..=n);
@@ -160,6 +164,16 @@ impl Sim {
             },
         );
         self.start(id);
+    }
+
+    /// The configuration the newest leader works with, if there is a leader.
+    pub fn leader_conf(&self) -> Option<ConfState> {
+        Some(self.nodes[&self.leader()?].raft().conf().clone())
+    }
+
+    /// Every node that is a member (voter or learner) of `conf`.
+    pub fn members_of(conf: &ConfState) -> Vec<NodeId> {
+        conf.voters.iter().chain(&conf.learners).copied().collect()
     }
 
     pub fn ids(&self) -> Vec<NodeId> {

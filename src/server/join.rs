@@ -96,17 +96,31 @@ pub async fn publish(shared: Arc<Shared>) {
                 let change =
                     MemberChange { change: Some(member_change::Change::Publish(wanted.clone())), is_learner: false };
                 match shared.write(Command { request: Some(command::Request::Member(change)) }).await {
-                    Ok(_) => tracing::info!(name = wanted.name, "published this member's name and client URLs"),
-                    Err(e) => tracing::debug!("publishing this member's attributes failed, retrying: {}", e.message()),
+                    Ok(_) => {
+                        tracing::info!(name = wanted.name, "published this member's name and client URLs");
+                        // Applied by the leader: it reaches this member's
+                        // table as the member catches up (a joining member
+                        // may first install a snapshot), however long that
+                        // takes. Nothing to send again.
+                        while shared.wait_applied(Duration::from_secs(60), |s| published(s) == Some(true)).await {
+                            if published(&shared) == Some(true) {
+                                return;
+                            }
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!("publishing this member's attributes failed, retrying: {}", e.message());
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
                 }
             }
-            // Not in the table yet (joining), or no leader.
-            _ => {}
-        }
-        // Applied by the leader is not applied here yet: give this member
-        // time to catch up before asking again.
-        if !shared.wait_applied(Duration::from_secs(1), |shared| published(shared) == Some(true)).await {
-            return;
+            // Not in the table yet (joining), or no leader: wait for news.
+            _ => {
+                if !shared.wait_applied(Duration::from_millis(500), |s| published(s) == Some(true)).await {
+                    return;
+                }
+            }
         }
     }
 }

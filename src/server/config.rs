@@ -142,12 +142,6 @@ pub struct Settings {
     pub watch_progress_notify_interval: Duration,
 }
 
-impl Settings {
-    pub fn member(&self, id: u64) -> Option<&Member> {
-        self.members.iter().find(|m| m.id == id)
-    }
-}
-
 impl ServerArgs {
     /// Reads a TOML file of the same settings (kebab-case keys).
     pub fn from_file(path: &std::path::Path) -> Result<ServerArgs, ConfigError> {

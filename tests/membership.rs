@@ -158,3 +158,49 @@ async fn every_original_member_is_replaced_one_by_one_under_load() {
     assert!((0..3).all(|i| !cluster.is_running(i)), "none of the originals is left");
     finish(&cluster, load, seed).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_joins_with_one_flag_survives_sigkill_during_catch_up_and_promotes_itself() {
+    let seed = chaos::seeds()[0];
+    // Frequent snapshots and a short log: the joiner must catch up by snapshot.
+    let extra = ["--snapshot-entries", "5000", "--snapshot-catchup-entries", "1000"];
+    let mut cluster = Cluster::start_partial(4, 3, &extra);
+    cluster.wait_leader(LIMIT).await;
+    let endpoints = cluster.endpoints()[..3].join(",");
+    let loaded = std::process::Command::new(env!("CARGO_BIN_EXE_raftkv"))
+        .args(["bench", "put", "--endpoints", &endpoints, "--clients", "32", "--conns", "4", "--total", "100000"])
+        .args(["--sequential-keys", "--key-space-size", "100000", "--key-size", "16", "--val-size", "64", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(loaded.status.success(), "{}", String::from_utf8_lossy(&loaded.stderr));
+    let load = Workload::start(CLIENTS, cluster.endpoints(), seed);
+    cluster.start_joining(3);
+    // Killed as soon as it has set itself up, while it catches up.
+    cluster.wait_log(3, "set up to join the cluster", LIMIT).await;
+    cluster.kill(3);
+    // Only it promotes itself: killed, it is still the learner it added.
+    assert_eq!(voters_and_learners(&cluster).await, (3, 1));
+    cluster.start_member(3);
+    cluster.wait_log(3, "restarting from existing data", LIMIT).await;
+    // It promotes itself once in sync; nobody added a second member.
+    for _ in 0..150 {
+        if voters_and_learners(&cluster).await == (4, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(voters_and_learners(&cluster).await, (4, 0), "\n{}", cluster.logs());
+    let log = cluster.log_of(3);
+    assert!(log.contains("added this member to the cluster as a learner"), "{log}");
+    assert!(log.contains("installed the leader's snapshot"), "it caught up by snapshot:\n{log}");
+    finish(&cluster, load, seed).await;
+    let all = raftkv::proto::etcdserverpb::RangeRequest {
+        key: vec![0].into(),
+        range_end: vec![0].into(),
+        count_only: true,
+        serializable: true,
+        ..Default::default()
+    };
+    let joined = Client::connect(&cluster.endpoints()[3..]).await.unwrap().range(all).await.unwrap();
+    assert!(joined.count >= 100_000, "the joiner holds {} keys", joined.count);
+}

@@ -76,6 +76,13 @@ pub struct ServerArgs {
     /// one (a duration such as 10m or 5s; default 10m, as etcd).
     #[arg(long, env = "RAFTKV_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL")]
     pub experimental_watch_progress_notify_interval: Option<String>,
+    /// Join a running cluster through any of these client URLs (comma-
+    /// separated): this member adds itself as a learner, catches up, and
+    /// promotes itself once in sync. Running the same command again after a
+    /// crash resumes; it never adds a second member. --initial-cluster is
+    /// not needed (and not used).
+    #[arg(long, env = "RAFTKV_JOIN")]
+    pub join: Option<String>,
     /// Most learners the cluster may have at once (default 1, as etcd).
     #[arg(long, env = "RAFTKV_MAX_LEARNERS")]
     pub max_learners: Option<usize>,
@@ -122,6 +129,8 @@ pub struct Settings {
     pub advertise_peer_urls: Vec<String>,
     pub max_learners: usize,
     pub force_new_cluster: bool,
+    /// `--join`: client URLs of the cluster to join (empty: none).
+    pub join: Vec<String>,
     pub data_dir: PathBuf,
     pub client_addrs: Vec<SocketAddr>,
     pub advertise_client_urls: Vec<String>,
@@ -172,6 +181,7 @@ impl ServerArgs {
                 .experimental_watch_progress_notify_interval
                 .or(file.experimental_watch_progress_notify_interval),
             max_learners: self.max_learners.or(file.max_learners),
+            join: self.join.or(file.join),
             force_new_cluster: self.force_new_cluster || file.force_new_cluster,
         }
     }
@@ -187,7 +197,14 @@ impl ServerArgs {
         let peer_urls = split(self.listen_peer_urls.as_deref().unwrap_or("http://127.0.0.1:2380"));
         let peer_addrs = socket_addrs("listen-peer-urls", &peer_urls)?;
         let advertise_peer = self.initial_advertise_peer_urls.map(|s| split(&s)).unwrap_or_else(|| peer_urls.clone());
-        let initial_cluster_state = match self.initial_cluster_state.as_deref().unwrap_or("new") {
+        if self.join.is_some() && self.initial_cluster_state.as_deref() == Some("new") {
+            return Err(invalid(
+                "join",
+                "joins a running cluster: it cannot be combined with --initial-cluster-state new",
+            ));
+        }
+        let default_state = if self.join.is_some() { "existing" } else { "new" };
+        let initial_cluster_state = match self.initial_cluster_state.as_deref().unwrap_or(default_state) {
             "new" => ClusterState::New,
             "existing" => ClusterState::Existing,
             other => {
@@ -195,7 +212,11 @@ impl ServerArgs {
             }
         };
         let token = self.initial_cluster_token.unwrap_or_else(|| "raftkv-cluster".into());
-        let initial_cluster = self.initial_cluster.unwrap_or_else(|| format!("{name}={}", advertise_peer[0]));
+        // A member joining with --join learns the cluster from it.
+        let initial_cluster = match (&self.join, self.initial_cluster) {
+            (Some(_), _) | (None, None) => format!("{name}={}", advertise_peer[0]),
+            (None, Some(list)) => list,
+        };
         let members = parse_initial_cluster(&initial_cluster, &token)?;
         let me = members.iter().find(|m| m.name == name).ok_or_else(|| {
             invalid("initial-cluster", format!("this member's name `{name}` is not in `{initial_cluster}`"))
@@ -247,6 +268,7 @@ impl ServerArgs {
             advertise_peer_urls: advertise_peer,
             max_learners: self.max_learners.unwrap_or(1),
             force_new_cluster: self.force_new_cluster,
+            join: self.join.as_deref().map(split).unwrap_or_default(),
             name,
             data_dir,
             client_addrs,

@@ -1,7 +1,8 @@
 //! A member's place in its cluster beyond the log: finding a running cluster
-//! to join (`--initial-cluster-state existing`), and publishing its name and
-//! client URLs once it runs, so `MemberList` shows them everywhere (a member
-//! added but never started has neither, as in etcd).
+//! to join (`--initial-cluster-state existing`), adding itself first when
+//! started with `--join` and promoting itself once in sync, and publishing
+//! its name and client URLs once it runs, so `MemberList` shows them
+//! everywhere (a member added but never started has neither, as in etcd).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,64 @@ use crate::proto::raftpeer::raft_peer_client::RaftPeerClient;
 /// How long a joining member keeps asking --initial-cluster's members.
 const FIND_FOR: Duration = Duration::from_secs(30);
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `--join`, before the first start: adds this member as a learner through
+/// the Cluster API of any `--join` URL, unless a member with its peer URLs
+/// already exists (an earlier attempt that crashed after adding it), and
+/// makes --initial-cluster the cluster's members, as `member add` prints it.
+pub async fn add_self(settings: &mut Settings) -> Result<(), ServerError> {
+    let mine = settings.advertise_peer_urls.clone();
+    let mut client = crate::client::Client::connect(&settings.join)
+        .await
+        .map_err(|e| ServerError::Join(format!("--join {}: {e}", settings.join.join(","))))?;
+    let failed = |e: crate::client::ClientError| ServerError::Join(e.to_string());
+    let list = client.member_list().await.map_err(failed)?;
+    let members = match list.members.iter().find(|m| m.peer_ur_ls.iter().any(|u| mine.contains(u))) {
+        Some(m) => {
+            tracing::info!(member = format!("{:x}", m.id), "already added to the cluster: resuming the join");
+            list.members
+        }
+        None => {
+            let (added, list) = client.member_add(mine.clone(), true).await.map_err(failed)?;
+            tracing::info!(member = format!("{:x}", added.id), "added this member to the cluster as a learner");
+            list.members
+        }
+    };
+    settings.members = members
+        .iter()
+        .filter_map(|m| {
+            let peer_url = m.peer_ur_ls.first()?.clone();
+            let name =
+                if m.peer_ur_ls.iter().any(|u| mine.contains(u)) { settings.name.clone() } else { m.name.clone() };
+            Some(super::config::Member { id: m.id, name, peer_url })
+        })
+        .collect();
+    Ok(())
+}
+
+/// `--join`: once this member is a learner holding 90% of the leader's log
+/// (etcd's rule, checked by the leader), promotes it; asks again while the
+/// leader says it is behind. Returns once it is a voter.
+pub async fn promote_self(shared: Arc<Shared>) {
+    let me = shared.settings.member_id;
+    loop {
+        let conf = shared.status.borrow().conf.clone();
+        if conf.voters.contains(&me) {
+            return;
+        }
+        if conf.learners.contains(&me) {
+            let change = MemberChange { change: Some(member_change::Change::Promote(me)), is_learner: false };
+            match shared.write(Command { request: Some(command::Request::Member(change)) }).await {
+                Ok(_) => {
+                    tracing::info!("promoted this member from learner to voter");
+                    return;
+                }
+                Err(e) => tracing::debug!("not promoted yet: {}", e.message()),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
 
 /// Asks the other members of --initial-cluster for the cluster's member
 /// table, and finds this member in it by its peer URLs (as etcd does).
@@ -39,11 +98,14 @@ pub async fn find_cluster(settings: &Settings) -> Result<Joined, ServerError> {
                 Ok(answer) => {
                     let table = answer.membership.unwrap_or_default();
                     let me = table.members.iter().find(|m| m.peer_urls.iter().any(|u| mine.contains(u)));
+                    // A member that just added this one may not have
+                    // applied the addition yet: ask again until the deadline.
                     let Some(me) = me else {
-                        return Err(ServerError::Join(format!(
+                        last_error = format!(
                             "cluster {:x} has no member with peer URLs {mine:?}: add it first (`raftkv member add {} --peer-urls {}` or `etcdctl member add`)",
                             answer.cluster_id, settings.name, mine[0]
-                        )));
+                        );
+                        continue;
                     };
                     tracing::info!(
                         cluster = format!("{:x}", answer.cluster_id),
@@ -59,7 +121,7 @@ pub async fn find_cluster(settings: &Settings) -> Result<Joined, ServerError> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Err(ServerError::Join(format!(
-        "no member of --initial-cluster answered within {} s (last: {last_error})",
+        "no member of --initial-cluster let this member in within {} s: {last_error}",
         FIND_FOR.as_secs()
     )))
 }

@@ -213,6 +213,9 @@ pub async fn serve(mut settings: Settings, stop: signal::Receiver<bool>) -> Resu
         }
         Some(_) => None,
         None if settings.initial_cluster_state == ClusterState::Existing => {
+            if !settings.join.is_empty() {
+                join::add_self(&mut settings).await?;
+            }
             let joined = join::find_cluster(&settings).await?;
             (settings.cluster_id, settings.member_id) = (joined.cluster_id, joined.member_id);
             Some(joined)
@@ -291,6 +294,7 @@ pub async fn serve(mut settings: Settings, stop: signal::Receiver<bool>) -> Resu
     }
     let compactor = tokio::spawn(compactor::run(shared.clone(), settings.auto_compaction.clone(), stop.clone()));
     let publisher = tokio::spawn(join::publish(shared.clone()));
+    let promoter = (!settings.join.is_empty()).then(|| tokio::spawn(join::promote_self(shared.clone())));
     tracing::info!(
         name = settings.name,
         member = format!("{:x}", settings.member_id),
@@ -317,6 +321,9 @@ pub async fn serve(mut settings: Settings, stop: signal::Receiver<bool>) -> Resu
     let result = run_node_thread(node, node_rx, settings.heartbeat, stop.clone()).await;
     compactor.abort();
     publisher.abort();
+    if let Some(promoter) = promoter {
+        promoter.abort();
+    }
     drop(shared);
     // The node is done (stopped or failed): the listeners go too.
     servers.abort_all();

@@ -33,6 +33,8 @@ pub struct Cluster {
     /// Each member's `--initial-cluster-state`: `existing` once added to a
     /// running cluster.
     states: Vec<&'static str>,
+    /// Each member's `--join`, once it joins that way.
+    join_urls: Vec<Option<String>>,
 }
 
 /// A port that is free now, taken below the kernel's ephemeral range
@@ -113,6 +115,18 @@ impl Cluster {
         added.id
     }
 
+    /// Starts member `i` with `--join` through the running members' client
+    /// URLs (it adds itself, catches up and promotes itself).
+    pub fn start_joining(&mut self, i: usize) {
+        let running: Vec<String> = (0..self.members.len())
+            .filter(|&j| self.is_running(j))
+            .map(|j| self.members[j].client_url.clone())
+            .collect();
+        self.states[i] = "existing";
+        self.join_urls[i] = Some(running.join(","));
+        self.start_member(i);
+    }
+
     /// Member `i`'s id, from the member list of a running member.
     pub async fn member_id(&self, i: usize) -> u64 {
         let running: Vec<String> = (0..self.members.len())
@@ -168,7 +182,8 @@ impl Cluster {
         let initial_cluster =
             members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",");
         let extra_args = extra_args.iter().map(|s| s.to_string()).collect();
-        Cluster { dir, members, initial_clusters: vec![initial_cluster; n], extra_args, states: vec!["new"; n] }
+        let (states, join_urls) = (vec!["new"; n], vec![None; n]);
+        Cluster { dir, members, initial_clusters: vec![initial_cluster; n], extra_args, states, join_urls }
     }
 
     pub fn endpoints(&self) -> Vec<String> {
@@ -215,6 +230,7 @@ impl Cluster {
             .args(&identity)
             .args(["--listen-client-urls", &m.client_url, "--listen-peer-urls", &m.peer_url])
             .args(["--initial-cluster-state", self.states[i]])
+            .args(self.join_urls[i].iter().flat_map(|urls| ["--join", urls.as_str()]))
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(&self.extra_args)
             .args(once)

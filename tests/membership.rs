@@ -20,11 +20,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 const CLIENTS: usize = 4;
 
 async fn client(cluster: &Cluster) -> Client {
-    let running: Vec<String> = (0..cluster.members.len())
-        .filter(|&i| cluster.is_running(i))
-        .map(|i| cluster.members[i].client_url.clone())
-        .collect();
-    Client::connect(&running).await.unwrap()
+    Client::connect(&cluster.running_endpoints()).await.unwrap()
 }
 
 /// Waits until the member list shows member `id` started (it published its
@@ -68,10 +64,8 @@ async fn join_as_voter(cluster: &mut Cluster, i: usize) {
 /// Removes member `i` through another member; it must stop by itself, saying why.
 async fn remove(cluster: &mut Cluster, i: usize) {
     let id = cluster.member_id(i).await;
-    let others: Vec<String> = (0..cluster.members.len())
-        .filter(|&j| j != i && cluster.is_running(j))
-        .map(|j| cluster.members[j].client_url.clone())
-        .collect();
+    let others: Vec<String> =
+        cluster.running_endpoints().into_iter().filter(|url| *url != cluster.members[i].client_url).collect();
     Client::connect(&others).await.unwrap().member_remove(id).await.unwrap();
     if cluster.is_running(i) {
         let status = cluster.wait_exit(i, LIMIT);

@@ -89,13 +89,15 @@ impl Cluster {
         cluster
     }
 
+    /// The client URLs of the members that run.
+    pub fn running_endpoints(&self) -> Vec<String> {
+        (0..self.members.len()).filter(|&j| self.is_running(j)).map(|j| self.members[j].client_url.clone()).collect()
+    }
+
     /// Adds member `i` to the running cluster (`MemberAdd` through a running
     /// member), so that starting it joins. Returns its id.
     pub async fn add_member(&mut self, i: usize, learner: bool) -> u64 {
-        let running: Vec<String> = (0..self.members.len())
-            .filter(|&j| self.is_running(j))
-            .map(|j| self.members[j].client_url.clone())
-            .collect();
+        let running = self.running_endpoints();
         let mut client = Client::connect(&running).await.unwrap();
         let (added, list) = client
             .member_add(vec![self.members[i].peer_url.clone()], learner)
@@ -118,10 +120,7 @@ impl Cluster {
     /// Starts member `i` with `--join` through the running members' client
     /// URLs (it adds itself, catches up and promotes itself).
     pub fn start_joining(&mut self, i: usize) {
-        let running: Vec<String> = (0..self.members.len())
-            .filter(|&j| self.is_running(j))
-            .map(|j| self.members[j].client_url.clone())
-            .collect();
+        let running = self.running_endpoints();
         self.states[i] = "existing";
         self.join_urls[i] = Some(running.join(","));
         self.start_member(i);
@@ -129,10 +128,7 @@ impl Cluster {
 
     /// Member `i`'s id, from the member list of a running member.
     pub async fn member_id(&self, i: usize) -> u64 {
-        let running: Vec<String> = (0..self.members.len())
-            .filter(|&j| self.is_running(j))
-            .map(|j| self.members[j].client_url.clone())
-            .collect();
+        let running = self.running_endpoints();
         let list = Client::connect(&running).await.unwrap().member_list().await.unwrap();
         let url = &self.members[i].peer_url;
         list.members.iter().find(|m| m.peer_ur_ls.contains(url)).unwrap_or_else(|| panic!("{url} is no member")).id

@@ -579,3 +579,46 @@ fn only_one_configuration_change_is_pending_at_a_time_and_a_crash_mid_change_kee
     assert!(confs.windows(2).all(|w| w[0] == w[1]), "members disagree on the configuration: {confs:?}");
     assert!(confs[0] == with_learner || confs[0] == ConfState::with_voters([1, 2, 3]), "{:?}", confs[0]);
 }
+
+/// Committed configuration changes in a node's log that it has not applied.
+fn unapplied_conf_changes(sim: &Sim, id: u64) -> usize {
+    let raft = sim.nodes[&id].raft();
+    raft.log_entries(raft.applied_index() + 1, raft.commit_index()).filter(|e| e.is_conf_change()).count()
+}
+
+/// etcd-io/raft#469 (etcd#7625): {1,2,3} grows by 4, then by 5, while one
+/// member's disk is too slow to apply either change. It learns both are
+/// committed; cut off with one other voter of {1,2,3}, a campaign under that
+/// configuration would need just the two of them, while the leader rules
+/// {1,..,5} with the other three. The checker fails any member that
+/// campaigns with committed changes unapplied.
+#[test]
+fn a_member_lagging_two_committed_configuration_changes_waits_to_apply_them_before_campaigning() {
+    let mut sim = Sim::new(3, SEED, NetConfig::reliable());
+    sim.one(1, 3, 20 * ELECTION_MS);
+    let leader = sim.stable_leader().unwrap();
+    let mut followers = sim.ids().into_iter().filter(|&id| id != leader);
+    let (slow, other) = (followers.next().unwrap(), followers.next().unwrap());
+    sim.disk_latency_of.insert(slow, (30 * ELECTION_MS, 30 * ELECTION_MS));
+    for voters in [vec![1, 2, 3, 4], vec![1, 2, 3, 4, 5]] {
+        let conf = ConfState::with_voters(voters);
+        sim.add_node(*conf.voters.last().unwrap(), &conf);
+        propose_conf(&mut sim, leader, conf.clone());
+        sim.run_until(20 * ELECTION_MS, "the leader applies the change", |s| s.nodes[&leader].raft().conf() == &conf);
+    }
+    // One more entry carries the commit index of both changes to the slow member.
+    sim.propose(leader, 2).unwrap();
+    sim.run_until(20 * ELECTION_MS, "the slow member learns both changes committed", |s| {
+        unapplied_conf_changes(s, slow) == 2
+    });
+    let term = leader_term(&sim, slow);
+    sim.partition(&[vec![slow, other], vec![leader, 4, 5]]);
+    sim.run_for(10 * ELECTION_MS);
+    assert_eq!(unapplied_conf_changes(&sim, slow), 2, "the slow member's disk caught up too early for the scenario");
+    assert_eq!(leader_term(&sim, slow), term, "the slow member campaigned");
+    // Once its disk catches up it applies both and rejoins the five.
+    sim.disk_latency_of.clear();
+    sim.heal();
+    sim.one(3, 5, 60 * ELECTION_MS);
+    sim.assert_state_machines_agree();
+}

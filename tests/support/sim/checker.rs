@@ -9,11 +9,13 @@
 //!   in index order.
 //! - Monotonicity: term and commit never go back within a node's life, and
 //!   its durable term, vote-in-term and commit never go back across crashes.
+//! - Campaigns under the configuration in force: no member campaigns while
+//!   its log holds committed configuration changes it has not applied.
 
 use std::collections::{BTreeMap, HashMap};
 
 use raftkv::proto::{Entry, HardState};
-use raftkv::raft::{NodeId, Raft};
+use raftkv::raft::{NodeId, Raft, Role};
 
 /// What identifies an entry's content.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,6 +208,15 @@ impl Checker {
                 }
                 _ => {}
             }
+        }
+        // etcd's `hup()` guard: a member whose log holds committed
+        // configuration changes it has not applied would count votes under
+        // a configuration the cluster has left (etcd-io/raft#469).
+        if matches!(raft.role(), Role::PreCandidate | Role::Candidate)
+            && raft.log_entries(raft.applied_index() + 1, commit).any(Entry::is_conf_change)
+        {
+            let msg = format!("node {node} campaigns in term {term} with committed configuration changes unapplied");
+            self.fail(now, msg);
         }
         if raft.is_leader() {
             match self.leaders.get(&term).copied() {

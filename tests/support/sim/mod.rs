@@ -97,6 +97,8 @@ pub struct Sim {
     pub check_quorum: bool,
     /// Simulated disk latency range in ms.
     pub disk_latency: (u64, u64),
+    /// Nodes whose disk is slower (or faster) than `disk_latency`.
+    pub disk_latency_of: BTreeMap<NodeId, (u64, u64)>,
     /// Append payload limit: small, so that catching up takes several
     /// messages and acknowledgements cover part of a backlog.
     pub max_msg_bytes: u64,
@@ -124,6 +126,7 @@ impl Sim {
             pre_vote: true,
             check_quorum: true,
             disk_latency: (1, 3),
+            disk_latency_of: BTreeMap::new(),
             max_msg_bytes: 8,
             snapshot_every: None,
             snapshot_catchup: 0,
@@ -348,7 +351,8 @@ impl Sim {
                 continue;
             }
             let node = self.nodes.get_mut(&id).unwrap();
-            let latency = self.rng.random_range(self.disk_latency.0..=self.disk_latency.1);
+            let (lo, hi) = self.disk_latency_of.get(&id).copied().unwrap_or(self.disk_latency);
+            let latency = self.rng.random_range(lo..=hi);
             node.disk = Some(DiskWrite { done_at: self.now + latency, sync, after: persisted_messages });
         }
     }

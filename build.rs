@@ -7,7 +7,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe { std::env::set_var("PROTOC", protoc) };
     println!("cargo:rerun-if-changed=proto");
     let records = ["proto/raft.proto", "proto/etcd/kv.proto", "proto/command.proto"];
-    prost_build::Config::new().bytes(["."]).compile_protos(&records, &["proto"])?;
+    // etcd's messages the records use (in `command.proto`, and the alarms in
+    // `raft.proto`) come from the services' pass below.
+    prost_build::Config::new()
+        .bytes(["."])
+        .extern_path(".etcdserverpb", "crate::proto::etcdserverpb")
+        .compile_protos(&records, &["proto"])?;
     // The services (and their messages) with gRPC stubs; the records they
     // use are the ones generated above.
     tonic_prost_build::configure()

@@ -51,6 +51,7 @@ fn header(index: u64, revision: i64, conf: ConfState) -> SnapshotHeader {
         revision,
         compact_revision: 1,
         membership: None,
+        alarms: Vec::new(),
     }
 }
 

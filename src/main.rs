@@ -115,6 +115,12 @@ enum Command {
         #[command(subcommand)]
         op: MemberOp,
     },
+    /// The alarms raised in the cluster (NOSPACE, when the data reached
+    /// --quota-backend-bytes): list them, or disarm them all.
+    Alarm {
+        #[command(subcommand)]
+        op: AlarmOp,
+    },
     /// Back up a member's data, or seed a new cluster's member from a backup.
     Snapshot {
         #[command(subcommand)]
@@ -130,6 +136,20 @@ enum Command {
     Bench {
         #[command(subcommand)]
         workload: BenchWorkload,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlarmOp {
+    /// Every alarm raised, one per line, as etcdctl prints them.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Lower every alarm raised (writes are accepted again); prints each.
+    Disarm {
+        #[command(flatten)]
+        conn: Conn,
     },
 }
 
@@ -342,6 +362,17 @@ async fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Status { conn } => status(&conn.endpoints).await?,
         Command::Member { op } => member(op).await?,
+        Command::Alarm { op } => {
+            let (AlarmOp::List { conn } | AlarmOp::Disarm { conn }) = &op;
+            let mut client = Client::connect(&conn.endpoints).await?;
+            let alarms = match op {
+                AlarmOp::List { .. } => client.alarm_list().await?,
+                AlarmOp::Disarm { .. } => client.alarm_disarm().await?,
+            };
+            for alarm in alarms {
+                println!("{alarm}");
+            }
+        }
         Command::Snapshot { op: SnapshotOp::Save { file, conn } } => {
             let mut client = Client::connect(&conn.endpoints).await?;
             let saved = client.save_snapshot(&file).await?;

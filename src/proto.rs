@@ -30,6 +30,16 @@ pub mod raftpeer {
     include!(concat!(env!("OUT_DIR"), "/raftpeer.rs"));
 }
 
+/// An alarm as etcd prints one (`etcdctl alarm list`): `memberID:N alarm:NOSPACE`.
+impl std::fmt::Display for etcdserverpb::AlarmMember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match etcdserverpb::AlarmType::try_from(self.alarm) {
+            Ok(t) => write!(f, "memberID:{} alarm:{}", self.member_id, t.as_str_name()),
+            Err(_) => write!(f, "memberID:{} alarm:{}", self.member_id, self.alarm),
+        }
+    }
+}
+
 impl Entry {
     /// A normal entry carrying a client command (or, empty, a leader's no-op).
     pub fn normal(index: u64, term: u64, data: bytes::Bytes) -> Entry {

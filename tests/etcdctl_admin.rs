@@ -1,5 +1,5 @@
 //! Debian's etcdctl 3.4's administration commands (`member`, `move-leader`,
-//! `defrag`, `endpoint hashkv`) against a real raftkv cluster. The expected
+//! `defrag`, `endpoint hashkv`, `alarm`) against a real raftkv cluster. The expected
 //! outputs and error texts are etcd 3.4's, as etcdctl printed them against
 //! `etcd` 3.4 on the same machine.
 //!
@@ -38,6 +38,13 @@ fn fails(endpoint: &str, args: &[&str]) -> String {
     let (success, out, err) = etcdctl(endpoint, args);
     assert!(!success, "etcdctl {args:?} succeeded:\n{out}");
     err.lines().last().unwrap_or_default().to_string()
+}
+
+/// raftkv's own command line against `endpoint`: its stdout (it must succeed).
+fn raftkv(endpoint: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_raftkv")).args(args).arg("--endpoints").arg(endpoint).output().unwrap();
+    assert!(out.status.success(), "raftkv {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into()
 }
 
 /// `member list` rows: (id, status, name, peer URLs, client URLs, is learner).
@@ -202,4 +209,67 @@ async fn etcdctl_moves_the_leader_defragments_and_hashes_at_a_revision() {
     .await
     .unwrap();
     assert_eq!(cluster.wait_leader(LIMIT).await, target);
+}
+
+/// A 1 MiB quota on every member: the write that would pass it raises
+/// NOSPACE, which every member then enforces and lists (a restarted one
+/// too), deletes and compaction still work, and `alarm disarm` lets writes
+/// in again. etcd 3.4 answered each step the same way on this machine.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_space_quota_raises_nospace_which_every_member_enforces_until_etcdctl_disarms_it() {
+    let mut cluster = Cluster::start_with(3, &["--quota-backend-bytes=1048576"]);
+    cluster.wait_leader(LIMIT).await;
+    let raiser = cluster.member_id(0).await;
+    let e: Vec<String> = cluster.endpoints();
+    let (first, second, third) = (e[0].clone(), e[1].clone(), e[2].clone());
+    let alarm = format!("memberID:{raiser} alarm:NOSPACE");
+    let (f, s, t, a) = (first.clone(), second.clone(), third.clone(), alarm.clone());
+    tokio::task::spawn_blocking(move || {
+        let big = "v".repeat(64 * 1024);
+        let refused = (0..40).find(|i| !etcdctl(&f, &["put", &format!("k{i}"), &big]).0);
+        let refused = refused.expect("a 1 MiB quota refuses some of 40 values of 64 KiB");
+        assert!((10..20).contains(&refused), "refused only at put {refused}");
+        assert_eq!(
+            fails(&f, &["put", &format!("k{refused}"), &big]),
+            "Error: etcdserver: mvcc: database space exceeded"
+        );
+        assert_eq!(ok(&s, &["alarm", "list"]).trim_end(), a);
+        assert_eq!(raftkv(&s, &["alarm", "list"]).trim_end(), a, "raftkv prints what etcdctl prints");
+        // Every member refuses writes that add data, small ones too.
+        assert_eq!(fails(&t, &["put", "small", "x"]), "Error: etcdserver: mvcc: database space exceeded");
+        let status = ok(&t, &["endpoint", "status", "-w", "json"]);
+        assert!(status.contains(&format!("{a} ")), "{status}");
+        // Deletes, reads and compaction go on.
+        assert_eq!(ok(&t, &["del", "k", "--prefix"]).trim(), refused.to_string());
+        assert_eq!(ok(&s, &["get", "k", "--prefix", "--keys-only"]).trim(), "");
+    })
+    .await
+    .unwrap();
+    // A restarted member comes back with the alarm (log and snapshot).
+    cluster.kill(2);
+    cluster.start_member(2);
+    cluster.wait_leader(LIMIT).await;
+    tokio::task::spawn_blocking(move || {
+        let listed = (0..100).find_map(|_| {
+            let (success, out, _) = etcdctl(&third, &["alarm", "list"]);
+            if success {
+                return Some(out);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            None
+        });
+        assert_eq!(listed.expect("the restarted member answers").trim_end(), alarm);
+        let revision = serde_json::from_str::<serde_json::Value>(&ok(&first, &["get", "x", "-w", "json"])).unwrap()
+            ["header"]["revision"]
+            .as_i64()
+            .unwrap();
+        ok(&first, &["compact", &revision.to_string()]);
+        assert_eq!(ok(&second, &["alarm", "disarm"]).trim_end(), alarm);
+        assert_eq!(raftkv(&second, &["alarm", "disarm"]), "", "nothing is left to disarm");
+        assert_eq!(ok(&second, &["alarm", "list"]), "");
+        assert_eq!(ok(&third, &["put", "small", "x"]).trim(), "OK");
+        assert_eq!(ok(&first, &["get", "small", "--print-value-only"]).trim(), "x");
+    })
+    .await
+    .unwrap();
 }

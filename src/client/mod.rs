@@ -13,6 +13,7 @@
 //! watch ([`ResumingWatch`]) resumes after a broken stream from the revision
 //! after the last one it delivered.
 
+pub mod alarms;
 pub mod backup;
 pub mod members;
 pub mod output;

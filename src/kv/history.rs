@@ -37,12 +37,15 @@ pub struct History {
     changes: OrdMap<i64, Arc<Vec<KeyValue>>>,
     /// The oldest revision a read may ask for.
     oldest: i64,
+    /// Encoded size of every record in `versions`: what a snapshot holds,
+    /// and what the space quota measures.
+    bytes: u64,
 }
 
 impl History {
     /// An empty history whose reads may start at `oldest`.
     pub fn starting_at(oldest: i64) -> History {
-        History { versions: OrdMap::new(), changes: OrdMap::new(), oldest }
+        History { versions: OrdMap::new(), changes: OrdMap::new(), oldest, bytes: 0 }
     }
 
     /// A history of `records` (in any order), whose reads may start at
@@ -62,7 +65,8 @@ impl History {
         }
         live.retain(|kv| kv.version > 0);
         let changes = changes.into_iter().map(|(revision, records)| (revision, Arc::new(records))).collect();
-        (History { versions, changes, oldest }, live)
+        let bytes = versions.values().map(record_bytes).sum();
+        (History { versions, changes, oldest, bytes }, live)
     }
 
     /// The oldest revision a read may ask for: the compaction point.
@@ -75,6 +79,11 @@ impl History {
         self.versions.len()
     }
 
+    /// The encoded size of the records held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// Records `kv` as its key's state at its `mod_revision`.
     pub fn record(&mut self, kv: KeyValue) {
         let revision = kv.mod_revision;
@@ -83,7 +92,10 @@ impl History {
         // Most revisions write one record: room for exactly one at first.
         let records = self.changes.entry(revision).or_insert_with(|| Arc::new(Vec::with_capacity(1)));
         Arc::make_mut(records).push(kv.clone());
-        self.versions.insert((kv.key.clone(), revision), kv);
+        self.bytes += record_bytes(&kv);
+        if let Some(old) = self.versions.insert((kv.key.clone(), revision), kv) {
+            self.bytes -= record_bytes(&old);
+        }
     }
 
     /// Records that `key` was deleted at `revision`.
@@ -140,7 +152,7 @@ impl History {
                     .map(|(k, _)| k.clone())
                     .collect();
                 for k in older {
-                    self.versions.remove(&k);
+                    self.forget(&k);
                 }
                 // A deletion below the compaction point hides nothing a
                 // permitted read could see. A live record stays: it is the
@@ -148,11 +160,17 @@ impl History {
                 // (here or in a later compaction) drops it as older.
                 let at = (key, r);
                 if self.versions.get(&at).is_some_and(|kv| kv.version == 0) {
-                    self.versions.remove(&at);
+                    self.forget(&at);
                 }
             }
         }
         self.oldest = revision;
+    }
+
+    fn forget(&mut self, at: &(Bytes, i64)) {
+        if let Some(kv) = self.versions.remove(at) {
+            self.bytes -= record_bytes(&kv);
+        }
     }
 }
 
@@ -190,6 +208,10 @@ impl History {
         let before = (Bound::Included((key.clone(), i64::MIN)), Bound::Excluded((key.clone(), revision)));
         self.versions.range(before).next_back().map(|(_, p)| p).filter(|p| p.version > 0)
     }
+}
+
+fn record_bytes(kv: &KeyValue) -> u64 {
+    prost::Message::encoded_len(kv) as u64
 }
 
 /// The record of `key`'s deletion at `revision`.

@@ -19,6 +19,11 @@
 //! - The member table travels with the map (in snapshots, and in the O(1)
 //!   copy watchers and readers get), but this module only carries it: the
 //!   server's `membership` module owns what it means and how it changes.
+//! - So do the raised alarms (etcd's alarm store), which the server's
+//!   `alarms` module changes. The store enforces one rule of theirs, so
+//!   every member refuses alike: while a NOSPACE alarm is raised, a command
+//!   that could add data (a put, a transaction with a put in either branch)
+//!   is refused and changes nothing; deletes, reads and compactions go on.
 
 mod history;
 mod range;
@@ -27,6 +32,7 @@ mod txn;
 use bytes::Bytes;
 use imbl::OrdMap;
 
+use crate::proto::etcdserverpb::{AlarmMember, AlarmType};
 use crate::proto::etcdserverpb::{
     CompactionRequest, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
     ResponseOp, response_op,
@@ -61,6 +67,8 @@ pub enum KvError {
     FutureRevision,
     #[error("etcdserver: mvcc: required revision has been compacted")]
     Compacted,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     #[error("command carries no request")]
     EmptyCommand,
 }
@@ -74,6 +82,8 @@ pub struct KvStore {
     revision: i64,
     /// The cluster's member table at the same point of the log.
     membership: std::sync::Arc<Membership>,
+    /// The alarms raised at the same point of the log.
+    alarms: std::sync::Arc<Vec<AlarmMember>>,
 }
 
 impl Default for KvStore {
@@ -84,7 +94,13 @@ impl Default for KvStore {
 
 impl KvStore {
     pub fn new() -> KvStore {
-        KvStore { map: OrdMap::new(), history: History::starting_at(1), revision: 1, membership: Default::default() }
+        KvStore {
+            map: OrdMap::new(),
+            history: History::starting_at(1),
+            revision: 1,
+            membership: Default::default(),
+            alarms: Default::default(),
+        }
     }
 
     /// The store's current revision.
@@ -107,7 +123,7 @@ impl KvStore {
     pub fn from_records(revision: i64, oldest: i64, records: impl IntoIterator<Item = KeyValue>) -> KvStore {
         let (history, live) = History::rebuilt(oldest, records);
         let map = live.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
-        KvStore { map, history, revision, membership: Default::default() }
+        KvStore { map, history, revision, membership: Default::default(), alarms: Default::default() }
     }
 
     /// A store rebuilt from a snapshot with this header.
@@ -116,6 +132,7 @@ impl KvStore {
         let oldest = if header.compact_revision > 0 { header.compact_revision } else { header.revision };
         let mut kv = KvStore::from_records(header.revision, oldest, records);
         kv.membership = std::sync::Arc::new(header.membership.clone().unwrap_or_default());
+        kv.alarms = std::sync::Arc::new(header.alarms.clone());
         kv
     }
 
@@ -126,6 +143,7 @@ impl KvStore {
             revision: self.revision,
             compact_revision: self.compact_revision(),
             membership: Some((*self.membership).clone()),
+            alarms: (*self.alarms).clone(),
         }
     }
 
@@ -137,6 +155,21 @@ impl KvStore {
 
     pub fn set_membership(&mut self, membership: Membership) {
         self.membership = std::sync::Arc::new(membership);
+    }
+
+    /// The alarms raised, in the order they were raised.
+    pub fn alarms(&self) -> &std::sync::Arc<Vec<AlarmMember>> {
+        &self.alarms
+    }
+
+    pub fn set_alarms(&mut self, alarms: Vec<AlarmMember>) {
+        self.alarms = std::sync::Arc::new(alarms);
+    }
+
+    /// The encoded size of every record the history holds: what a snapshot
+    /// writes, and what the space quota measures.
+    pub fn data_bytes(&self) -> u64 {
+        self.history.bytes()
     }
 
     /// Every record the history holds, tombstones included, in key then
@@ -160,6 +193,9 @@ impl KvStore {
 
     /// Applies a committed command. An error changes nothing.
     pub fn apply(&mut self, command: &Command) -> Result<ResponseOp, KvError> {
+        if write_cost(command) > 0 && self.alarms.iter().any(|a| a.alarm == AlarmType::Nospace as i32) {
+            return Err(KvError::NoSpace);
+        }
         let response = match &command.request {
             // A put or delete checks everything before its one change, so it
             // can work on the live map: no path copying on the hot path.
@@ -194,7 +230,9 @@ impl KvStore {
             }
             // Member table changes are applied by the server's membership
             // module; one reaching the map carries nothing for it.
-            Some(command::Request::Member(_)) | None => return Err(KvError::EmptyCommand),
+            Some(command::Request::Member(_) | command::Request::Alarm(_)) | None => {
+                return Err(KvError::EmptyCommand);
+            }
         };
         Ok(ResponseOp { response: Some(response) })
     }
@@ -330,6 +368,38 @@ impl Write {
         self.changed |= !keys.is_empty();
         Ok(DeleteRangeResponse { header: None, deleted: keys.len() as i64, prev_kvs })
     }
+}
+
+/// Bytes a command may add to the store, as etcd's quota counts them: a
+/// put's key and value plus [`PUT_OVERHEAD`]; a transaction's larger branch
+/// (only one runs); nothing for reads, deletes and compactions.
+pub fn write_cost(command: &Command) -> u64 {
+    match &command.request {
+        Some(command::Request::Put(req)) => put_cost(req),
+        Some(command::Request::Txn(req)) => txn_cost(req),
+        _ => 0,
+    }
+}
+
+/// What etcd's quota adds to each put for its bookkeeping (`kvOverhead`).
+pub const PUT_OVERHEAD: u64 = 256;
+
+fn put_cost(req: &PutRequest) -> u64 {
+    (req.key.len() + req.value.len()) as u64 + PUT_OVERHEAD
+}
+
+fn txn_cost(req: &crate::proto::etcdserverpb::TxnRequest) -> u64 {
+    use crate::proto::etcdserverpb::request_op::Request;
+    let branch = |ops: &[crate::proto::etcdserverpb::RequestOp]| -> u64 {
+        ops.iter()
+            .map(|op| match &op.request {
+                Some(Request::RequestPut(r)) => put_cost(r),
+                Some(Request::RequestTxn(t)) => txn_cost(t),
+                _ => 0,
+            })
+            .sum()
+    };
+    branch(&req.success).max(branch(&req.failure))
 }
 
 /// Builds a command from a request, for proposing.

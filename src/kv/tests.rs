@@ -383,3 +383,58 @@ fn hash_is_equal_for_equal_histories() {
     assert_eq!(a.hash_kv(3).unwrap(), at_three);
     assert_eq!(a.hash_kv(9), Err(KvError::FutureRevision));
 }
+
+#[test]
+fn nospace_refuses_what_could_add_data_and_lets_deletes_reads_and_compaction_through() {
+    let mut kv = KvStore::new();
+    put(&mut kv, "a", "1");
+    put(&mut kv, "b", "2");
+    kv.set_alarms(vec![AlarmMember { member_id: 7, alarm: AlarmType::Nospace as i32 }]);
+    let before = (kv.revision(), kv.data_bytes());
+    let refused = kv.apply(&put_command(PutRequest { key: b("c"), value: b("3"), ..Default::default() }));
+    assert_eq!(refused, Err(KvError::NoSpace));
+    // A transaction with a put in either branch could add data; one that
+    // only reads and deletes cannot.
+    let with_put = TxnRequest { failure: vec![op_put("c", "3")], ..Default::default() };
+    assert_eq!(txn(&mut kv, with_put), Err(KvError::NoSpace));
+    assert_eq!((kv.revision(), kv.data_bytes()), before, "a refused write changed something");
+    let reads_and_deletes = TxnRequest {
+        success: vec![
+            op_get("a"),
+            RequestOp {
+                request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                    key: b("a"),
+                    ..Default::default()
+                })),
+            },
+        ],
+        ..Default::default()
+    };
+    assert!(txn(&mut kv, reads_and_deletes).unwrap().succeeded);
+    assert_eq!(del(&mut kv, "b", "").deleted, 1);
+    assert_eq!(keys(&get(&kv, "a", "z")), Vec::<String>::new());
+    let revision = kv.revision();
+    compact(&mut kv, revision).unwrap();
+}
+
+#[test]
+fn the_data_size_counts_every_record_held_and_survives_a_snapshot_with_the_alarms() {
+    let mut kv = KvStore::new();
+    assert_eq!(kv.data_bytes(), 0);
+    put(&mut kv, "a", "1");
+    put(&mut kv, "a", "22");
+    del(&mut kv, "a", "");
+    put(&mut kv, "b", "333");
+    let encoded: u64 = kv.records().map(|r| prost::Message::encoded_len(r) as u64).sum();
+    assert_eq!(kv.data_bytes(), encoded);
+    kv.set_alarms(vec![AlarmMember { member_id: 7, alarm: AlarmType::Nospace as i32 }]);
+    let header = kv.snapshot_header(SnapshotMeta::default());
+    let restored = KvStore::from_snapshot(&header, kv.records().cloned());
+    assert_eq!((restored.data_bytes(), restored.alarms()), (kv.data_bytes(), kv.alarms()));
+    // Compaction frees what it drops: a's superseded records and tombstone.
+    let revision = kv.revision();
+    compact(&mut kv, revision).unwrap();
+    let encoded: u64 = kv.records().map(|r| prost::Message::encoded_len(r) as u64).sum();
+    assert_eq!(kv.data_bytes(), encoded);
+    assert_eq!(kv.records().count(), 1);
+}

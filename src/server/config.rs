@@ -91,7 +91,16 @@ pub struct ServerArgs {
     /// `member add`, and start without this flag from then on.
     #[arg(long, env = "RAFTKV_FORCE_NEW_CLUSTER")]
     pub force_new_cluster: bool,
+    /// Raise the NOSPACE alarm, refusing writes that add data until it is
+    /// disarmed, when a write would take the stored records past this many
+    /// bytes. 0 (the default) means etcd's default of 2 GiB; a negative
+    /// value means no quota.
+    #[arg(long, env = "RAFTKV_QUOTA_BACKEND_BYTES", allow_hyphen_values = true)]
+    pub quota_backend_bytes: Option<i64>,
 }
+
+/// etcd's default space quota (`DefaultQuotaBytes`).
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid setting `{field}`: {reason}")]
@@ -149,6 +158,8 @@ pub struct Settings {
     pub snapshot_catchup_entries: u64,
     pub auto_compaction: AutoCompaction,
     pub watch_progress_notify_interval: Duration,
+    /// The data size past which writes raise NOSPACE (None: no quota).
+    pub quota_bytes: Option<u64>,
 }
 
 impl ServerArgs {
@@ -183,6 +194,7 @@ impl ServerArgs {
             max_learners: self.max_learners.or(file.max_learners),
             join: self.join.or(file.join),
             force_new_cluster: self.force_new_cluster || file.force_new_cluster,
+            quota_backend_bytes: self.quota_backend_bytes.or(file.quota_backend_bytes),
         }
     }
 
@@ -267,6 +279,11 @@ impl ServerArgs {
             initial_cluster_token: token,
             advertise_peer_urls: advertise_peer,
             max_learners: self.max_learners.unwrap_or(1),
+            quota_bytes: match self.quota_backend_bytes.unwrap_or(0) {
+                0 => Some(DEFAULT_QUOTA_BYTES),
+                n if n < 0 => None,
+                n => Some(n as u64),
+            },
             force_new_cluster: self.force_new_cluster,
             join: self.join.as_deref().map(split).unwrap_or_default(),
             name,

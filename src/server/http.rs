@@ -79,6 +79,8 @@ impl From<tonic::Status> for HttpError {
             tonic::Code::NotFound => StatusCode::NOT_FOUND,
             // The cluster's state refuses the request (a membership rule).
             tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
+            // NOSPACE: writes are refused until the alarm is disarmed.
+            tonic::Code::ResourceExhausted => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         HttpError(code, s.message().to_string())

@@ -1,18 +1,23 @@
 //! etcd's `Maintenance` service: status, HashKV at a revision, leadership
 //! transfer (`etcdctl move-leader`), Defragment, and Snapshot (what
 //! `etcdctl snapshot save` and `raftkv snapshot save` write: a raftkv
-//! snapshot file of the applied state, history included).
+//! snapshot file of the applied state, history included), and Alarm (the
+//! `alarms` module owns what alarms mean).
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::alarms;
 use super::shared::Shared;
+use crate::proto::etcdserverpb::alarm_request::AlarmAction;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::{
-    DefragmentRequest, DefragmentResponse, HashKvRequest, HashKvResponse, MoveLeaderRequest, MoveLeaderResponse,
-    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse, HashKvRequest,
+    HashKvResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
+    StatusResponse,
 };
+use crate::proto::raftkvpb::{Command, command};
 
 /// Bytes of the snapshot file per response message.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
@@ -27,6 +32,10 @@ impl Maintenance for MaintenanceService {
         // A walk of the data directory: file system calls, off the workers.
         let dir = shared.settings.data_dir.clone();
         let db_size = tokio::task::spawn_blocking(move || dir_size(&dir)).await.unwrap_or(0) as i64;
+        let (errors, in_use) = {
+            let kv = shared.applied.borrow();
+            (kv.alarms().iter().map(alarms::describe).collect(), kv.data_bytes() as i64)
+        };
         Ok(Response::new(StatusResponse {
             header: Some(shared.header(status.revision, status.term)),
             // Clients and tools read this as the etcd version they talk to;
@@ -37,8 +46,9 @@ impl Maintenance for MaintenanceService {
             raft_index: status.commit,
             raft_term: status.term,
             raft_applied_index: status.applied,
-            errors: Vec::new(),
-            db_size_in_use: db_size,
+            errors,
+            // The records held, as a snapshot writes them.
+            db_size_in_use: in_use,
             is_learner: status.is_learner,
         }))
     }
@@ -78,6 +88,28 @@ impl Maintenance for MaintenanceService {
         self.0.move_leader(request.into_inner().target_id).await?;
         let status = self.0.status.borrow().clone();
         Ok(Response::new(MoveLeaderResponse { header: Some(self.0.header(status.revision, status.term)) }))
+    }
+
+    /// GET lists the alarms raised (linearizably); ACTIVATE and DEACTIVATE
+    /// go through the log and answer the alarm raised or lowered. Clients
+    /// raise only NOSPACE: raftkv has no corruption check to back CORRUPT.
+    async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let req = request.into_inner();
+        let alarms = match AlarmAction::try_from(req.action) {
+            Ok(AlarmAction::Get) => self.0.alarms(req.alarm).await?,
+            Ok(AlarmAction::Activate) if req.alarm != AlarmType::Nospace as i32 => {
+                return Err(Status::invalid_argument("raftkv raises only NOSPACE alarms"));
+            }
+            Ok(AlarmAction::Activate | AlarmAction::Deactivate) => {
+                let member = AlarmMember { member_id: req.member_id, alarm: req.alarm };
+                let command = Command { request: Some(command::Request::Alarm(req)) };
+                let (op, _, _) = self.0.write(command).await?;
+                if alarms::changed(&op) { vec![member] } else { Vec::new() }
+            }
+            Err(_) => return Err(Status::invalid_argument(format!("unknown alarm action {}", req.action))),
+        };
+        let status = self.0.status.borrow().clone();
+        Ok(Response::new(AlarmResponse { header: Some(self.0.header(status.revision, status.term)), alarms }))
     }
 
     /// Compacts this member's RocksDB column families on a blocking thread;

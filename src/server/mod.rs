@@ -5,6 +5,7 @@
 //! (etcd's gRPC API and the HTTP/JSON surface on the same address, as etcd
 //! does), and runs the [`node`] driver until told to stop.
 
+pub mod alarms;
 pub mod authority;
 pub mod compactor;
 pub mod config;

@@ -15,12 +15,13 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
 
+use super::alarms;
 use super::config::Settings;
 use super::forward::{ForwardError, Forwarder};
 use super::membership;
 use super::node::{Applied, NodeError, NodeStatus, Request};
 use crate::kv::{KvError, KvStore};
-use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader, ResponseOp};
+use crate::proto::etcdserverpb::{AlarmMember, AlarmType, RangeRequest, RangeResponse, ResponseHeader, ResponseOp};
 use crate::proto::raftkvpb::Command;
 use crate::proto::{ConfState, Membership};
 use crate::raft::NodeId;
@@ -151,6 +152,7 @@ impl Shared {
     /// when that took longer than [`SLOW_REQUEST`] (as etcd warns "apply
     /// request took too long").
     pub async fn write(&self, command: Command) -> Result<WriteResult, Status> {
+        self.check_quota(&command).await?;
         let started = std::time::Instant::now();
         let result = self.write_through_leader(command).await;
         let took = started.elapsed();
@@ -162,6 +164,40 @@ impl Shared {
             );
         }
         result
+    }
+
+    /// etcd's quota check, where a write enters: one that would take the
+    /// data past the quota raises NOSPACE for this member (unless it is
+    /// raised already) and is refused without being proposed.
+    async fn check_quota(&self, command: &Command) -> Result<(), Status> {
+        let me = self.settings.member_id;
+        let (fits, raised) = {
+            let kv = self.applied.borrow();
+            let raised = kv.alarms().iter().any(|a| a.member_id == me && a.alarm == AlarmType::Nospace as i32);
+            (alarms::fits(self.settings.quota_bytes, &kv, command), raised)
+        };
+        if fits {
+            return Ok(());
+        }
+        if !raised {
+            tracing::warn!(
+                quota_bytes = self.settings.quota_bytes,
+                "the data reached the space quota: raising NOSPACE"
+            );
+            if let Err(e) = self.write_through_leader(alarms::raise_nospace(me)).await {
+                tracing::warn!("could not raise the NOSPACE alarm: {}", e.message());
+            }
+        }
+        Err(kv_status(KvError::NoSpace))
+    }
+
+    /// The alarms raised (of type `alarm`; NONE: all), as of a linearizable
+    /// read: one raised through another member is seen here at once.
+    pub async fn alarms(&self, alarm: i32) -> Result<Vec<AlarmMember>, Status> {
+        let barrier = RangeRequest { key: vec![0].into(), count_only: true, ..Default::default() };
+        self.range(barrier).await?;
+        let (kv, _) = self.snapshot_point().await?;
+        Ok(alarms::list(kv.alarms(), alarm))
     }
 
     async fn write_through_leader(&self, command: Command) -> Result<WriteResult, Status> {
@@ -277,6 +313,7 @@ fn timed_out() -> Status {
 pub fn kv_status(e: KvError) -> Status {
     match e {
         KvError::LeaseNotFound => Status::not_found(e.to_string()),
+        KvError::NoSpace => Status::resource_exhausted(e.to_string()),
         KvError::FutureRevision | KvError::Compacted => Status::out_of_range(e.to_string()),
         _ => Status::invalid_argument(e.to_string()),
     }

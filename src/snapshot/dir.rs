@@ -189,6 +189,7 @@ mod tests {
             revision: 1,
             compact_revision: 1,
             membership: None,
+            alarms: Vec::new(),
         }
     }
 

@@ -263,6 +263,7 @@ mod tests {
             revision: 17,
             compact_revision: 5,
             membership: None,
+            alarms: Vec::new(),
         }
     }
 

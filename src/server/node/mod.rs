@@ -580,6 +580,15 @@ impl Node {
                     self.set_membership(table);
                     Ok(ResponseOp::default())
                 }
+                Ok(Command { request: Some(command::Request::Alarm(req)) }) => {
+                    let (alarms, changed) = super::alarms::apply(self.kv.alarms(), &req);
+                    if alarms != **self.kv.alarms() {
+                        let raised = alarms.iter().map(super::alarms::describe).collect::<Vec<_>>();
+                        tracing::warn!(?raised, "alarms changed");
+                    }
+                    self.kv.set_alarms(alarms);
+                    Ok(super::alarms::answer(&changed))
+                }
                 Ok(command) => self.kv.apply(&command),
                 Err(e) => {
                     // Every member decodes the same bytes the same way, so
@@ -622,6 +631,7 @@ impl Node {
             let kv = self.applied.borrow();
             (kv.revision(), kv.compact_revision()) != (self.kv.revision(), self.kv.compact_revision())
                 || !std::sync::Arc::ptr_eq(kv.membership(), self.kv.membership())
+                || !std::sync::Arc::ptr_eq(kv.alarms(), self.kv.alarms())
         };
         if stale {
             // Watchers read what they need from the copy's history.

@@ -48,25 +48,20 @@ impl History {
         History { versions: OrdMap::new(), changes: OrdMap::new(), oldest, bytes: 0 }
     }
 
-    /// A history of `records` (in any order), whose reads may start at
-    /// `oldest`, and the live records at its end in key order.
-    pub fn rebuilt(oldest: i64, records: impl IntoIterator<Item = KeyValue>) -> (History, Vec<KeyValue>) {
-        let versions: OrdMap<(Bytes, i64), KeyValue> =
-            records.into_iter().map(|kv| ((kv.key.clone(), kv.mod_revision), kv)).collect();
-        let mut changes: std::collections::BTreeMap<i64, Vec<KeyValue>> = std::collections::BTreeMap::new();
-        let mut live: Vec<KeyValue> = Vec::new();
-        for ((key, revision), kv) in &versions {
-            changes.entry(*revision).or_default().push(kv.clone());
-            // In key then revision order: a key's last record is its state.
-            match live.last_mut() {
-                Some(last) if last.key == *key => *last = kv.clone(),
-                _ => live.push(kv.clone()),
-            }
-        }
-        live.retain(|kv| kv.version > 0);
-        let changes = changes.into_iter().map(|(revision, records)| (revision, Arc::new(records))).collect();
-        let bytes = versions.values().map(record_bytes).sum();
-        (History { versions, changes, oldest, bytes }, live)
+    /// A history of `records`, which must be in key then revision order
+    /// with no (key, revision) twice (see [`sort_records`]), whose reads may
+    /// start at `oldest`. The two indexes are built on two threads: a
+    /// member installing a large snapshot waits for this.
+    pub fn rebuilt(oldest: i64, records: &[KeyValue]) -> History {
+        let (versions, changes) = std::thread::scope(|s| {
+            let versions = s.spawn(|| {
+                records.iter().map(|kv| ((kv.key.clone(), kv.mod_revision), kv.clone())).collect::<OrdMap<_, _>>()
+            });
+            let changes = changes_of(records);
+            (versions.join().expect("building the version index does not panic"), changes)
+        });
+        let bytes = records.iter().map(record_bytes).sum();
+        History { versions, changes, oldest, bytes }
     }
 
     /// The oldest revision a read may ask for: the compaction point.
@@ -208,6 +203,36 @@ impl History {
         let before = (Bound::Included((key.clone(), i64::MIN)), Bound::Excluded((key.clone(), revision)));
         self.versions.range(before).next_back().map(|(_, p)| p).filter(|p| p.version > 0)
     }
+}
+
+/// Puts records in key then revision order, keeping the last of any
+/// (key, revision) given twice: the order [`History::rebuilt`] needs. A
+/// snapshot's records already are in it, which costs one pass to see.
+pub fn sort_records(records: &mut Vec<KeyValue>) {
+    let order = |a: &KeyValue, b: &KeyValue| (&a.key, a.mod_revision).cmp(&(&b.key, b.mod_revision));
+    if !records.is_sorted_by(|a, b| order(a, b).is_lt()) {
+        // Stable: of two equal records the later one given stays later.
+        records.sort_by(order);
+        records.dedup_by(|later, earlier| {
+            let same = order(later, earlier).is_eq();
+            if same {
+                std::mem::swap(later, earlier);
+            }
+            same
+        });
+    }
+}
+
+/// Each revision's records, in key order within a revision.
+fn changes_of(records: &[KeyValue]) -> OrdMap<i64, Arc<Vec<KeyValue>>> {
+    let mut by_revision: Vec<(i64, usize)> = records.iter().enumerate().map(|(i, kv)| (kv.mod_revision, i)).collect();
+    by_revision.sort_unstable();
+    let mut changes = OrdMap::new();
+    for group in by_revision.chunk_by(|a, b| a.0 == b.0) {
+        let list: Vec<KeyValue> = group.iter().map(|&(_, i)| records[i].clone()).collect();
+        changes.insert(group[0].0, Arc::new(list));
+    }
+    changes
 }
 
 fn record_bytes(kv: &KeyValue) -> u64 {

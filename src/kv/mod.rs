@@ -121,8 +121,13 @@ impl KvStore {
     /// A store rebuilt from a snapshot's records, in any order: every
     /// record from `oldest` on (tombstones included), at `revision`.
     pub fn from_records(revision: i64, oldest: i64, records: impl IntoIterator<Item = KeyValue>) -> KvStore {
-        let (history, live) = History::rebuilt(oldest, records);
-        let map = live.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+        let mut records: Vec<KeyValue> = records.into_iter().collect();
+        history::sort_records(&mut records);
+        // The live map beside the history's two indexes, on this thread.
+        let (history, map) = std::thread::scope(|s| {
+            let history = s.spawn(|| History::rebuilt(oldest, &records));
+            (history.join().expect("rebuilding history does not panic"), live_map(&records))
+        });
         KvStore { map, history, revision, membership: Default::default(), alarms: Default::default() }
     }
 
@@ -368,6 +373,16 @@ impl Write {
         self.changed |= !keys.is_empty();
         Ok(DeleteRangeResponse { header: None, deleted: keys.len() as i64, prev_kvs })
     }
+}
+
+/// The live keys of records in key then revision order: each key's last
+/// record, unless it is a tombstone.
+fn live_map(records: &[KeyValue]) -> OrdMap<Bytes, KeyValue> {
+    records
+        .chunk_by(|a, b| a.key == b.key)
+        .filter_map(|versions| versions.last().filter(|kv| kv.version > 0))
+        .map(|kv| (kv.key.clone(), kv.clone()))
+        .collect()
 }
 
 /// Bytes a command may add to the store, as etcd's quota counts them: a

@@ -255,8 +255,24 @@ fn history_matches_a_model_of_every_revision() {
         // A snapshot of the store rebuilds the same history.
         let header = kv.snapshot_header(crate::proto::SnapshotMeta::default());
         let restored = KvStore::from_snapshot(&header, kv.records().cloned());
+        // From the records in any order, too (given twice, the last wins).
+        let mut shuffled: Vec<KeyValue> = kv.records().cloned().collect();
+        shuffled.reverse();
+        shuffled.extend(kv.records().take(3).cloned());
+        let reordered = KvStore::from_snapshot(&header, shuffled);
+        assert_eq!(reordered.data_bytes(), kv.data_bytes(), "seed {seed}");
+        assert_eq!(reordered.hash_kv(0), kv.hash_kv(0), "seed {seed}");
+        let everything = super::KeyRange::From(Bytes::new());
+        let changes = |s: &KvStore| -> Vec<KeyValue> {
+            s.history()
+                .changes_in(s.compact_revision()..=s.revision(), &everything, true)
+                .map(|c| c.kv.clone())
+                .collect()
+        };
+        assert_eq!(changes(&reordered), changes(&restored), "seed {seed}");
         for revision in kv.compact_revision()..=kv.revision() {
             assert_eq!(at(&restored, "\0", "\0", revision), at(&kv, "\0", "\0", revision), "seed {seed}");
+            assert_eq!(at(&reordered, "\0", "\0", revision), at(&kv, "\0", "\0", revision), "seed {seed}");
         }
         if kv.compact_revision() > 1 {
             assert_eq!(at(&restored, "a", "", kv.compact_revision() - 1), Err(KvError::Compacted));

@@ -160,15 +160,20 @@ pub async fn receive(
     let started = Instant::now();
     let tmp = dir.temp_path(meta.index, meta.term);
     let written = write_parts(&tmp, &mut parts, offer.size).await;
+    let received_in = started.elapsed();
     // Verifying the file and building the map take time proportional to
     // the snapshot: on a blocking thread, never on an async worker.
     let accepted = match written {
         Ok(()) => {
             let (dir, tmp, meta) = (dir.clone(), tmp.clone(), meta.clone());
             tokio::task::spawn_blocking(move || {
+                let verifying = Instant::now();
                 dir.accept(&tmp, &meta).map(|(path, loaded)| {
                     let keys = loaded.records.len();
-                    (path, keys, KvStore::from_snapshot(&loaded.header, loaded.records))
+                    let verified_in = verifying.elapsed();
+                    let building = Instant::now();
+                    let kv = KvStore::from_snapshot(&loaded.header, loaded.records);
+                    (path, keys, kv, verified_in, building.elapsed())
                 })
             })
             .await
@@ -180,7 +185,7 @@ pub async fn receive(
             Err(status)
         }
     };
-    let (path, keys, kv) = accepted.inspect_err(|status| {
+    let (path, keys, kv, verified_in, built_in) = accepted.inspect_err(|status| {
         tracing::warn!(from = offer.from, index = meta.index, "snapshot transfer refused: {}", status.message())
     })?;
     tracing::info!(
@@ -190,6 +195,9 @@ pub async fn receive(
         keys,
         bytes = offer.size,
         took_ms = started.elapsed().as_millis() as u64,
+        transfer_ms = received_in.as_millis() as u64,
+        verify_ms = verified_in.as_millis() as u64,
+        build_ms = built_in.as_millis() as u64,
         file = %path.display(),
         "received a snapshot"
     );

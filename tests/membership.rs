@@ -6,7 +6,9 @@
 //! Members join the way etcd documents it: `member add` (a learner, promoted
 //! once in sync, or a voter), then start with `--initial-cluster-state
 //! existing`. A removed member stops by itself and its data directory
-//! refuses to start again.
+//! refuses to start again. A member moved with `member update` is reached
+//! at its new peer URL, and a SIGKILL in the middle of a change leaves
+//! every member with the same member list.
 
 mod support;
 
@@ -197,4 +199,85 @@ async fn a_member_joins_with_one_flag_survives_sigkill_during_catch_up_and_promo
     };
     let joined = Client::connect(&cluster.endpoints()[3..]).await.unwrap().range(all).await.unwrap();
     assert!(joined.count >= 100_000, "the joiner holds {} keys", joined.count);
+}
+
+/// `member update` moves a member's peer URL: restarted on the new URL
+/// only (nothing listens on the old one), it is reached there by members
+/// that never restarted, since the leader and it alone must then commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_moved_by_member_update_is_reached_at_its_new_peer_url_without_restarting_the_others() {
+    let seed = chaos::seeds()[0];
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_leader(LIMIT).await;
+    let (moved, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    let load = Workload::start(CLIENTS, cluster.endpoints(), seed);
+    let id = cluster.member_id(moved).await;
+    cluster.kill(moved);
+    let url = cluster.move_peer_url(moved);
+    client(&cluster).await.member_update(id, vec![url.clone()]).await.unwrap();
+    cluster.start_member(moved);
+    let listed = client(&cluster).await.member_list().await.unwrap();
+    let record = listed.members.iter().find(|m| m.id == id).unwrap();
+    assert_eq!(record.peer_ur_ls, vec![url], "the member list shows the new URL");
+    // Without the third member every commit needs the moved one.
+    cluster.kill(other);
+    let mut kv = Client::connect(&[cluster.members[leader].client_url.clone()]).await.unwrap();
+    kv.put("after-the-move", "committed").await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let on_moved = support::load::get(&cluster.members[moved].client_url, "after-the-move", true).await;
+    assert_eq!(on_moved.as_deref(), Some("committed"));
+    cluster.start_member(other);
+    finish(&cluster, load, seed).await;
+}
+
+/// A SIGKILL of the leader right after it was asked to add a member: the
+/// change may or may not have committed, but once the leader is back every
+/// member lists the same members, and the cluster finishes the change (or
+/// makes it again) and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_killed_in_the_middle_of_a_membership_change_leaves_every_member_agreeing() {
+    let seed = chaos::seeds()[0];
+    let mut cluster = Cluster::start_partial(4, 3, &[]);
+    let load = Workload::start(CLIENTS, cluster.endpoints()[..3].to_vec(), seed);
+    for round in 0..3u64 {
+        let leader = cluster.wait_leader(LIMIT).await;
+        let url = cluster.members[3].peer_url.clone();
+        let mut adder = Client::connect(&[cluster.members[leader].client_url.clone()]).await.unwrap();
+        let add = tokio::spawn(async move { adder.member_add(vec![url], true).await.map(|(m, _)| m.id) });
+        tokio::time::sleep(Duration::from_millis(5 * round)).await;
+        cluster.kill(leader);
+        let answered = add.await.unwrap();
+        cluster.start_member(leader);
+        cluster.wait_leader(LIMIT).await;
+        let lists = agreed_member_lists(&cluster).await;
+        let added = lists.iter().find(|m| m.peer_ur_ls.contains(&cluster.members[3].peer_url)).map(|m| m.id);
+        if let Ok(id) = answered {
+            assert_eq!(added, Some(id), "an acknowledged addition was lost");
+        }
+        println!("round {round}: the addition {}", if added.is_some() { "committed" } else { "was lost" });
+        if let Some(id) = added {
+            client(&cluster).await.member_remove(id).await.unwrap();
+        }
+        assert_eq!(agreed_member_lists(&cluster).await.len(), 3);
+    }
+    finish(&cluster, load, seed).await;
+}
+
+/// Every running member's member list, once they all show the same one.
+async fn agreed_member_lists(cluster: &Cluster) -> Vec<raftkv::proto::etcdserverpb::Member> {
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen.clear();
+        for url in cluster.running_endpoints() {
+            let mut members = Client::connect(&[url]).await.unwrap().member_list().await.map(|l| l.members);
+            if let Ok(list) = &mut members {
+                list.sort_by_key(|m| m.id);
+            }
+            seen.push(members.map_err(|e| e.to_string()));
+        }
+        if seen.iter().all(|l| l.is_ok() && *l == seen[0]) {
+            return seen.remove(0).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("members never agreed on the member list: {seen:?}\n{}", cluster.logs());
 }

@@ -117,6 +117,18 @@ impl Cluster {
         added.id
     }
 
+    /// Gives member `i` a new peer URL (a free port) for its next start,
+    /// as after `member update`; returns it.
+    pub fn move_peer_url(&mut self, i: usize) -> String {
+        let url = format!("http://127.0.0.1:{}", free_port());
+        let old = std::mem::replace(&mut self.members[i].peer_url, url.clone());
+        let name = &self.members[i].name;
+        for list in &mut self.initial_clusters {
+            *list = list.replace(&format!("{name}={old}"), &format!("{name}={url}"));
+        }
+        url
+    }
+
     /// Starts member `i` with `--join` through the running members' client
     /// URLs (it adds itself, catches up and promotes itself).
     pub fn start_joining(&mut self, i: usize) {

@@ -56,12 +56,30 @@ async fn backups_saved_by_raftkv_and_etcdctl_restore_into_a_new_cluster_with_eve
     drop(old); // the old cluster is gone for good
 
     let mut new = Cluster::unstarted(3);
+    // A cut-short backup is refused and leaves no data directory behind; a
+    // restore killed halfway left its staging directory, which is replaced.
+    let staging = |i: usize| {
+        let mut p = new.members[i].data_dir.clone().into_os_string();
+        p.push(".restoring");
+        std::path::PathBuf::from(p)
+    };
+    let cut = dir.path().join("cut.snap");
+    let bytes = std::fs::read(&theirs).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let mut args = strings(&["snapshot", "restore", cut.to_str().unwrap()]);
+    args.extend(new.identity_flags(1));
+    let out = Command::new(env!("CARGO_BIN_EXE_raftkv")).args(&args).output().unwrap();
+    assert!(!out.status.success(), "a cut-short backup was restored");
+    assert!(!new.members[1].data_dir.exists() && !staging(1).exists());
+    std::fs::create_dir_all(staging(0).join("raft")).unwrap();
+    std::fs::write(staging(0).join("raft").join("CURRENT"), "half-written").unwrap();
     for i in 0..3 {
         let mut args = strings(&["snapshot", "restore", &theirs]);
         args.extend(new.identity_flags(i));
         let restored = run(env!("CARGO_BIN_EXE_raftkv"), &args);
         assert!(restored.starts_with(&format!("Restored {} keys (revision {revision}", acked.len())), "{restored}");
     }
+    assert!((0..3).all(|i| !staging(i).exists()), "a staging directory was left behind");
     for i in 0..3 {
         new.start_member(i);
     }

@@ -30,6 +30,9 @@ pub struct Restored {
 
 /// Writes a new data directory for `settings`' member from the snapshot
 /// file at `from`. Refuses a data directory that already holds anything.
+/// The directory is written beside its place and renamed into it once
+/// complete, so a restore that fails (or is killed) leaves no partial data
+/// directory that a server could start from.
 pub fn restore(from: &Path, settings: &Settings) -> Result<Restored, ServerError> {
     let loaded = file::read_backup(from)?;
     let dir = &settings.data_dir;
@@ -39,6 +42,37 @@ pub fn restore(from: &Path, settings: &Settings) -> Result<Restored, ServerError
             dir.display()
         )));
     }
+    let mut staging = dir.as_os_str().to_owned();
+    staging.push(".restoring");
+    let staging = std::path::PathBuf::from(staging);
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ServerError::DataDir { path, source }
+    };
+    if staging.exists() {
+        // Left by a restore that was killed: never started from.
+        std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
+    }
+    let written = write_restored(&staging, loaded, settings);
+    let restored = match written {
+        Ok(restored) => restored,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    if dir.exists() {
+        std::fs::remove_dir(dir).map_err(io(dir))?;
+    }
+    std::fs::rename(&staging, dir).map_err(io(dir))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(io(parent))?;
+    }
+    Ok(restored)
+}
+
+/// Writes the restored member's data directory at `dir`.
+fn write_restored(dir: &Path, loaded: file::Loaded, settings: &Settings) -> Result<Restored, ServerError> {
     let old = loaded.header.meta.clone().unwrap_or_default();
     let conf = ConfState::with_voters(settings.members.iter().map(|m| m.id));
     // The saved point's index and term, so every member restored from this

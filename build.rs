@@ -20,6 +20,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(".raftpb", "crate::proto")
         .extern_path(".mvccpb", "crate::proto::mvccpb")
         .extern_path(".raftkvpb", "crate::proto::raftkvpb")
-        .compile_protos(&["proto/etcd/rpc.proto", "proto/peer.proto"], &["proto"])?;
+        .compile_protos(
+            &["proto/etcd/rpc.proto", "proto/etcd/v3lock.proto", "proto/etcd/v3election.proto", "proto/peer.proto"],
+            &["proto"],
+        )?;
     Ok(())
 }

@@ -52,6 +52,7 @@ fn header(index: u64, revision: i64, conf: ConfState) -> SnapshotHeader {
         compact_revision: 1,
         membership: None,
         alarms: Vec::new(),
+        leases: Vec::new(),
     }
 }
 

@@ -10,7 +10,7 @@ use raftkv::bench::{BenchArgs, Workload};
 use raftkv::client::DEV_ENDPOINTS;
 use raftkv::client::{Client, ClientError, ResumingWatch, output};
 use raftkv::kv::prefix_end;
-use raftkv::proto::etcdserverpb::{DeleteRangeRequest, RangeRequest, WatchCreateRequest, WatchResponse};
+use raftkv::proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, WatchCreateRequest, WatchResponse};
 use raftkv::server::{self, ServerArgs};
 use tokio::sync::watch;
 
@@ -52,6 +52,32 @@ enum Command {
     Put {
         key: String,
         value: String,
+        /// Attach the key to this lease (hex id, as `raftkv lease grant` prints it):
+        /// it is deleted when the lease ends.
+        #[arg(long, value_parser = raftkv::client::leases::parse_id)]
+        lease: Option<i64>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Leases: grant, revoke, ttl, list, keep-alive. Keys put with --lease live
+    /// only as long as their lease.
+    Lease {
+        #[command(subcommand)]
+        op: raftkv::client::leases::LeaseOp,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Hold a distributed lock named NAME while a command runs (`raftkv lock NAME
+    /// -- command args…`), releasing it after; without a command, print the lock's
+    /// key and hold it until Ctrl-C. Exits with the command's status.
+    Lock {
+        name: String,
+        /// The command to run while the lock is held.
+        #[arg(last = true)]
+        command: Vec<String>,
+        /// TTL in seconds of the lease the lock is held under.
+        #[arg(long, default_value_t = raftkv::client::lock::LOCK_TTL)]
+        ttl: i64,
         #[command(flatten)]
         conn: Conn,
     },
@@ -238,6 +264,19 @@ enum BenchWorkload {
         #[command(flatten)]
         args: WatchArgs,
     },
+    /// A lease grant (TTL 60 s) then a put under it, as one request.
+    LeasePut {
+        #[command(flatten)]
+        args: BenchArgs,
+    },
+    /// Keep-alives (a stream per client) over --leases leases of 60 s granted
+    /// first, which stay live for a minute after the run.
+    LeaseKeepalive {
+        #[command(flatten)]
+        args: BenchArgs,
+        #[arg(long, default_value_t = 10_000)]
+        leases: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -281,6 +320,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Exit(code)) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(Failure::Usage(msg)) => {
             eprintln!("error: {msg}");
             ExitCode::from(2)
@@ -295,6 +335,8 @@ fn main() -> ExitCode {
 enum Failure {
     /// A bad flag or setting: exit code 2, like a clap usage error.
     Usage(String),
+    /// The command `raftkv lock` ran exited with this code.
+    Exit(i32),
     Runtime(anyhow::Error),
 }
 
@@ -317,10 +359,19 @@ async fn run(command: Command) -> Result<(), Failure> {
             server::serve(settings, stop).await?;
         }
         Command::Dev { dir, members } => dev(dir, members).await?,
-        Command::Put { key, value, conn } => {
+        Command::Put { key, value, lease, conn } => {
             let mut client = Client::connect(&conn.endpoints).await?;
-            client.put(key, value).await?;
+            let req =
+                PutRequest { key: key.into(), value: value.into(), lease: lease.unwrap_or(0), ..Default::default() };
+            client.put_request(req).await?;
             println!("OK");
+        }
+        Command::Lease { op, conn } => raftkv::client::leases::run(op, &conn.endpoints).await?,
+        Command::Lock { name, command, ttl, conn } => {
+            let code = raftkv::client::lock::run(&conn.endpoints, &name, &command, ttl, stop_on_signal()).await?;
+            if code != 0 {
+                return Err(Failure::Exit(code));
+            }
         }
         Command::Get { key, prefix, serializable, rev, conn } => {
             let mut client = Client::connect(&conn.endpoints).await?;
@@ -405,6 +456,10 @@ async fn run(command: Command) -> Result<(), Failure> {
             BenchWorkload::Put { args } => bench(&args, Workload::Put).await.map_err(bench_failure)?,
             BenchWorkload::Get { args, consistency } => {
                 bench(&args, Workload::Get { serializable: consistency == "s" }).await.map_err(bench_failure)?
+            }
+            BenchWorkload::LeasePut { args } => bench(&args, Workload::LeasePut).await.map_err(bench_failure)?,
+            BenchWorkload::LeaseKeepalive { args, leases } => {
+                bench(&args, Workload::KeepAlive { leases: leases.max(1) }).await.map_err(bench_failure)?
             }
             BenchWorkload::Watch { args } => {
                 let p = &args.puts;

@@ -1,6 +1,7 @@
 //! Wire and disk records generated from `proto/`: the Raft records (at this
-//! module's root), etcd's v3 API (`etcdserverpb`, `mvccpb`) and the command a
-//! log entry carries (`raftkvpb`), and the peer protocol (`raftpeer`).
+//! module's root), etcd's v3 API (`etcdserverpb`, `mvccpb`, and the lock
+//! and election services `v3lockpb`, `v3electionpb`), the command a log
+//! entry carries (`raftkvpb`), and the peer protocol (`raftpeer`).
 //!
 //! These are the one definition of `Entry`, `HardState`, `ConfState` and
 //! `SnapshotMeta`: the core, the stores and (later) the peer transport all use
@@ -20,6 +21,14 @@ pub mod mvccpb {
 
 pub mod etcdserverpb {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
+}
+
+pub mod v3lockpb {
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.rs"));
+}
+
+pub mod v3electionpb {
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.rs"));
 }
 
 pub mod raftkvpb {

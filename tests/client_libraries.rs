@@ -1,9 +1,10 @@
 //! etcd client libraries of other languages against a real raftkv cluster:
 //! Python's `etcd3` and Node's `etcd3`, the two most used. Each script in
-//! `tests/clients/` puts, reads and watches (a key, a prefix, history from
-//! a start revision with previous values, cancel, a compacted start
-//! revision), writing through one member and watching on another, and
-//! checks every answer itself.
+//! `tests/clients/` checks every answer itself: `watch.*` puts, reads and
+//! watches (a key, a prefix, history from a start revision with previous
+//! values, cancel, a compacted start revision), writing through one member
+//! and watching on another; `leases.*` grants, renews and revokes leases and
+//! runs each library's lock recipe (and Node's election), across members.
 //!
 //! Needs what `scripts/install-deps` installs: the Python client in
 //! `tests/clients/python/.venv` and the Node one in
@@ -57,4 +58,27 @@ async fn node_etcd3_puts_gets_and_watches() {
     // Writes through the leader, watches on a follower.
     command.arg("watch.js").arg(&endpoints[leader]).arg(&endpoints[(leader + 1) % 3]);
     tokio::task::spawn_blocking(move || assert_passes(command, "node etcd3", &cluster)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_etcd3_leases_and_locks() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+    let hostport = |i: usize| cluster.endpoints()[i].trim_start_matches("http://").to_string();
+    let python = clients_dir().join("python/.venv/bin/python");
+    let mut command = Command::new(python);
+    // Grants through a follower (forwarded), asks the leader.
+    command.arg(clients_dir().join("python/leases.py")).arg(hostport((leader + 1) % 3)).arg(hostport(leader));
+    tokio::task::spawn_blocking(move || assert_passes(command, "python etcd3 leases", &cluster)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_etcd3_leases_locks_and_elections() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+    let endpoints = cluster.endpoints();
+    let mut command = Command::new("node");
+    command.current_dir(clients_dir().join("node"));
+    command.arg("leases.js").arg(&endpoints[(leader + 1) % 3]).arg(&endpoints[(leader + 2) % 3]);
+    tokio::task::spawn_blocking(move || assert_passes(command, "node etcd3 leases", &cluster)).await.unwrap();
 }

@@ -12,33 +12,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::cluster::Cluster;
+use support::etcdctl::{etcdctl, fails, ok};
 
 const LIMIT: Duration = Duration::from_secs(15);
-
-/// etcdctl (API v3): (success, stdout, stderr).
-fn etcdctl(endpoint: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("etcdctl")
-        .arg("--endpoints")
-        .arg(endpoint)
-        .args(args)
-        .env("ETCDCTL_API", "3")
-        .output()
-        .expect("etcdctl is on the PATH (scripts/install-deps installs Debian's etcd-client)");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
-
-fn ok(endpoint: &str, args: &[&str]) -> String {
-    let (success, out, err) = etcdctl(endpoint, args);
-    assert!(success, "etcdctl {args:?} failed:\n{out}{err}");
-    out
-}
-
-/// The last line of etcdctl's stderr: `Error: <the server's text>`.
-fn fails(endpoint: &str, args: &[&str]) -> String {
-    let (success, out, err) = etcdctl(endpoint, args);
-    assert!(!success, "etcdctl {args:?} succeeded:\n{out}");
-    err.lines().last().unwrap_or_default().to_string()
-}
 
 /// raftkv's own command line against `endpoint`: its stdout (it must succeed).
 fn raftkv(endpoint: &str, args: &[&str]) -> String {

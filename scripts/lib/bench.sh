@@ -6,7 +6,9 @@
 #   first (KEEP_LOGS=dir keeps the servers' logs);
 # - start_etcd / start_raftkv start a 3-member cluster on loopback and print
 #   its endpoints; stop_cluster stops it; server_ticks is the user+system CPU
-#   of the running clusters' processes, in clock ticks ($TICK per second).
+#   of the running clusters' processes, in clock ticks ($TICK per second);
+# - run_bench runs one `raftkv bench` row and prints it with requests/s,
+#   p50, p99 and the CPU per request of the servers and of the generator.
 
 if ! command -v etcd >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -76,4 +78,26 @@ stop_cluster() {
 
 etcd_version() {
   etcd --version | head -1 | awk '{print $3}'
+}
+
+run_bench() { # label workload endpoints clients conns total key-space [bench flags...]
+  local label=$1 workload=$2 endpoints=$3 clients=$4 conns=$5 total=$6 keys=$7 before after
+  shift 7
+  before=$(server_ticks)
+  # `times` prints the subshell's own and then its children's CPU time.
+  (
+    "$RAFTKV" bench $workload --endpoints "$endpoints" --clients "$clients" --conns "$conns" --total "$total" \
+      --key-size 16 --val-size 256 --key-space-size "$keys" --quiet "$@"
+    times
+  ) >"$WORK/bench.out"
+  after=$(server_ticks)
+  local to=all
+  [[ " $* " == *" --target-leader "* ]] && to=leader
+  awk -v label="$label" -v w="$workload" -v c="$clients" -v to="$to" -v ticks=$((after - before)) -v tick="$TICK" '
+    function secs(t) { split(t, a, /[ms]/); return a[1] * 60 + a[2] }
+    /Requests:/ {n=$2} /Errors:/ {errs=$2} /Requests\/sec/ {rps=$2} /p50 / {p50=$2} /p99 / {p99=$2}
+    /^[0-9]+m[0-9.]+s [0-9]+m[0-9.]+s$/ {bench = secs($1) + secs($2)}
+    END {printf "%-7s %-4s to %-6s clients=%-4s %7.0f req/s  p50 %7.3f ms  p99 %7.3f ms  server %4.0f µs/req  bench %3.0f µs/req\n",
+      label, w, to, c, rps, p50, p99, ticks / tick * 1e6 / n, bench * 1e6 / n
+      if (errs > 0) printf "        (%d errors)\n", errs}' "$WORK/bench.out"
 }

@@ -5,7 +5,10 @@
 //! over the endpoints, or all to the leader with `--target-leader`, as etcd's
 //! tool does) and issue `total` requests between them, one at a time each;
 //! every latency is recorded in an HDR histogram. [`watch`] measures
-//! watchers: how fast puts reach them, and what they cost the puts.
+//! watchers: how fast puts reach them, and what they cost the puts. The
+//! lease workloads measure a grant followed by a put under the new lease,
+//! and keep-alives (each client on a keep-alive stream of its own) over a
+//! set of live leases granted first.
 
 pub mod watch;
 
@@ -21,7 +24,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::client::ClientError;
 use crate::proto::etcdserverpb::kv_client::KvClient;
-use crate::proto::etcdserverpb::{PutRequest, RangeRequest};
+use crate::proto::etcdserverpb::lease_client::LeaseClient;
+use crate::proto::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, RangeRequest};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct BenchArgs {
@@ -69,7 +73,16 @@ pub enum Workload {
     Get {
         serializable: bool,
     },
+    /// A lease grant (TTL 60 s), then a put under it: one request.
+    LeasePut,
+    /// Keep-alives over `leases` leases (TTL 60 s) granted beforehand.
+    KeepAlive {
+        leases: usize,
+    },
 }
+
+/// The TTL of the leases the lease workloads grant.
+const BENCH_LEASE_TTL: i64 = 60;
 
 pub struct Report {
     /// The endpoints the connections went to.
@@ -183,13 +196,21 @@ pub(crate) async fn run_stamped(
             kv.put(req).await?;
         }
     }
+    let leases = match workload {
+        Workload::KeepAlive { leases } => Arc::new(grant_leases(&channels, leases).await?),
+        _ => Arc::new(Vec::new()),
+    };
     let progress = if args.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(args.total) };
     let issued = Arc::new(AtomicU64::new(0));
     let value: Bytes = vec![b'v'; args.val_size].into();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..args.clients {
-        let mut kv = KvClient::new(channels[c % channels.len()].clone());
+        let channel = channels[c % channels.len()].clone();
+        let mut kv = KvClient::new(channel.clone());
+        let mut lease = LeaseClient::new(channel);
+        let mut keep_alive: Option<KeepAliveStream> = None;
+        let leases = leases.clone();
         let (issued, progress, value, total, key_size, sequential) =
             (issued.clone(), progress.clone(), value.clone(), args.total, args.key_size, args.sequential_keys);
         tasks.push(tokio::spawn(async move {
@@ -213,6 +234,21 @@ pub(crate) async fn run_stamped(
                     }
                     Workload::Get { serializable } => {
                         kv.range(RangeRequest { key: k, serializable, ..Default::default() }).await.map(drop)
+                    }
+                    Workload::LeasePut => {
+                        let granted = lease.lease_grant(LeaseGrantRequest { ttl: BENCH_LEASE_TTL, id: 0 }).await;
+                        match granted {
+                            Ok(granted) => {
+                                let id = granted.into_inner().id;
+                                let put = PutRequest { key: k, value: value.clone(), lease: id, ..Default::default() };
+                                kv.put(put).await.map(drop)
+                            }
+                            Err(status) => Err(status),
+                        }
+                    }
+                    Workload::KeepAlive { .. } => {
+                        let id = leases[n as usize % leases.len()];
+                        keep_alive_once(&mut lease, &mut keep_alive, id).await
                     }
                 };
                 match result {
@@ -245,6 +281,59 @@ pub(crate) async fn run_stamped(
     report.requests = report.latency.len();
     progress.finish_and_clear();
     Ok(report)
+}
+
+/// Grants `n` leases over the connections, 64 at a time.
+async fn grant_leases(channels: &[Channel], n: usize) -> Result<Vec<i64>, ClientError> {
+    let mut ids = Vec::with_capacity(n);
+    let mut granting = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let mut lease = LeaseClient::new(channels[i % channels.len()].clone());
+        granting.spawn(async move { lease.lease_grant(LeaseGrantRequest { ttl: BENCH_LEASE_TTL, id: 0 }).await });
+        if granting.len() >= 64 || i + 1 == n {
+            while let Some(granted) = granting.join_next().await {
+                ids.push(granted.expect("a grant task panicked")?.into_inner().id);
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// One client's keep-alive stream: requests in, answers out.
+struct KeepAliveStream {
+    requests: tokio::sync::mpsc::Sender<LeaseKeepAliveRequest>,
+    answers: tonic::Streaming<crate::proto::etcdserverpb::LeaseKeepAliveResponse>,
+}
+
+/// Renews `id` on the client's stream (opened on first use, and again
+/// after an error).
+async fn keep_alive_once(
+    lease: &mut LeaseClient<Channel>,
+    stream: &mut Option<KeepAliveStream>,
+    id: i64,
+) -> Result<(), tonic::Status> {
+    if stream.is_none() {
+        let (requests, queue) = tokio::sync::mpsc::channel(1);
+        let answers = lease.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(queue)).await?.into_inner();
+        *stream = Some(KeepAliveStream { requests, answers });
+    }
+    let open = stream.as_mut().expect("opened above");
+    let result = async {
+        open.requests
+            .send(LeaseKeepAliveRequest { id })
+            .await
+            .map_err(|_| tonic::Status::unavailable("stream closed"))?;
+        match open.answers.message().await? {
+            Some(answer) if answer.ttl > 0 => Ok(()),
+            Some(_) => Err(tonic::Status::not_found("etcdserver: requested lease not found")),
+            None => Err(tonic::Status::unavailable("the keep-alive stream ended")),
+        }
+    }
+    .await;
+    if result.is_err() {
+        *stream = None;
+    }
+    result
 }
 
 #[cfg(test)]

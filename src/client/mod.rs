@@ -15,6 +15,8 @@
 
 pub mod alarms;
 pub mod backup;
+pub mod leases;
+pub mod lock;
 pub mod members;
 pub mod output;
 pub mod watch;
@@ -45,8 +47,9 @@ pub enum ClientError {
     /// Settings that cannot work together, named.
     #[error("{0}")]
     BadSettings(String),
+    /// The server's answer, printed as its message alone (etcdctl's way).
     #[error("{}", .0.message())]
-    Server(#[from] tonic::Status),
+    Server(tonic::Status),
     #[error("{path}: {source}")]
     Io { path: std::path::PathBuf, source: std::io::Error },
     /// What a member sent does not verify.
@@ -55,6 +58,12 @@ pub enum ClientError {
     /// The server ended a watch: etcdctl's wording, etcd's reason.
     #[error("watch was canceled ({reason})")]
     WatchCanceled { reason: String, compact_revision: i64 },
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(status: tonic::Status) -> ClientError {
+        ClientError::Server(status)
+    }
 }
 
 pub struct Client {
@@ -152,7 +161,11 @@ impl Client {
     }
 
     pub async fn put(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<PutResponse, ClientError> {
-        let req = PutRequest { key: key.into(), value: value.into(), ..Default::default() };
+        self.put_request(PutRequest { key: key.into(), value: value.into(), ..Default::default() }).await
+    }
+
+    /// A put with every option etcd's API has (a lease, prev_kv, …).
+    pub async fn put_request(&mut self, req: PutRequest) -> Result<PutResponse, ClientError> {
         let channel = self.write_channel().await;
         let result = KvClient::new(channel).put(req).await;
         self.after_write(result)

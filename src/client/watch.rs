@@ -178,7 +178,7 @@ fn retryable(code: Code) -> bool {
 
 /// A lazily connected channel to `url`, with HTTP/2 keepalive so a
 /// connection that silently stops delivering is noticed and replaced.
-fn channel(url: &str) -> Result<Channel, ClientError> {
+pub(super) fn channel(url: &str) -> Result<Channel, ClientError> {
     let endpoint = Endpoint::from_shared(url.to_string()).map_err(|_| ClientError::BadEndpoint(url.to_string()))?;
     Ok(endpoint
         .connect_timeout(Duration::from_secs(2))

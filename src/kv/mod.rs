@@ -24,8 +24,12 @@
 //!   every member refuses alike: while a NOSPACE alarm is raised, a command
 //!   that could add data (a put, a transaction with a put in either branch)
 //!   is refused and changes nothing; deletes, reads and compactions go on.
+//! - Leases ([`leases`]) are part of the map's state: a put names the lease
+//!   its key lives under, which must exist; revoking a lease deletes every
+//!   key attached to it in one revision (none: the revision stays).
 
 mod history;
+mod leases;
 mod range;
 mod txn;
 
@@ -42,6 +46,7 @@ use crate::proto::raftkvpb::{Command, command};
 use crate::proto::{Membership, SnapshotHeader, SnapshotMeta};
 
 pub use history::{Change, History};
+pub use leases::{Lease, Leases};
 pub use range::{KeyRange, prefix_end};
 
 /// Most operations one transaction may hold (etcd's `--max-txn-ops` default).
@@ -59,6 +64,10 @@ pub enum KvError {
     ValueProvided,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
     #[error("etcdserver: duplicate key given in txn request")]
     DuplicateKey,
     #[error("etcdserver: too many operations in txn request")]
@@ -84,6 +93,7 @@ pub struct KvStore {
     membership: std::sync::Arc<Membership>,
     /// The alarms raised at the same point of the log.
     alarms: std::sync::Arc<Vec<AlarmMember>>,
+    leases: Leases,
 }
 
 impl Default for KvStore {
@@ -100,6 +110,7 @@ impl KvStore {
             revision: 1,
             membership: Default::default(),
             alarms: Default::default(),
+            leases: Leases::default(),
         }
     }
 
@@ -128,7 +139,14 @@ impl KvStore {
             let history = s.spawn(|| History::rebuilt(oldest, &records));
             (history.join().expect("rebuilding history does not panic"), live_map(&records))
         });
-        KvStore { map, history, revision, membership: Default::default(), alarms: Default::default() }
+        KvStore {
+            map,
+            history,
+            revision,
+            membership: Default::default(),
+            alarms: Default::default(),
+            leases: Leases::default(),
+        }
     }
 
     /// A store rebuilt from a snapshot with this header.
@@ -138,6 +156,7 @@ impl KvStore {
         let mut kv = KvStore::from_records(header.revision, oldest, records);
         kv.membership = std::sync::Arc::new(header.membership.clone().unwrap_or_default());
         kv.alarms = std::sync::Arc::new(header.alarms.clone());
+        kv.leases = Leases::rebuilt(&header.leases, kv.map.values());
         kv
     }
 
@@ -149,6 +168,7 @@ impl KvStore {
             compact_revision: self.compact_revision(),
             membership: Some((*self.membership).clone()),
             alarms: (*self.alarms).clone(),
+            leases: self.leases.records(),
         }
     }
 
@@ -169,6 +189,11 @@ impl KvStore {
 
     pub fn set_alarms(&mut self, alarms: Vec<AlarmMember>) {
         self.alarms = std::sync::Arc::new(alarms);
+    }
+
+    /// The leases granted, with the keys attached to each.
+    pub fn leases(&self) -> &Leases {
+        &self.leases
     }
 
     /// The encoded size of every record the history holds: what a snapshot
@@ -216,6 +241,7 @@ impl KvStore {
                 let mut write = Write {
                     map: self.map.clone(),
                     history: self.history.clone(),
+                    leases: self.leases.clone(),
                     revision: self.revision + 1,
                     changed: false,
                 };
@@ -223,6 +249,7 @@ impl KvStore {
                 if write.changed {
                     self.map = write.map;
                     self.history = write.history;
+                    self.leases = write.leases;
                     self.revision = write.revision;
                 }
                 response_op::Response::ResponseTxn(response)
@@ -231,6 +258,22 @@ impl KvStore {
             // builds etcd's CompactionResponse around the revision.
             Some(command::Request::Compaction(req)) => {
                 self.compact(req)?;
+                return Ok(ResponseOp { response: None });
+            }
+            Some(command::Request::LeaseGrant(req)) => {
+                if !self.leases.grant(req.id, req.ttl) {
+                    return Err(KvError::LeaseExists);
+                }
+                return Ok(ResponseOp { response: None });
+            }
+            Some(command::Request::LeaseRevoke(req)) => {
+                self.write_in_place(|w| w.revoke(req.id))?;
+                return Ok(ResponseOp { response: None });
+            }
+            Some(command::Request::LeaseCheckpoint(req)) => {
+                for c in &req.checkpoints {
+                    self.leases.checkpoint(c.id, c.remaining_ttl);
+                }
                 return Ok(ResponseOp { response: None });
             }
             // Member table changes are applied by the server's membership
@@ -246,14 +289,21 @@ impl KvStore {
     fn write_in_place<T>(&mut self, op: impl FnOnce(&mut Write) -> Result<T, KvError>) -> Result<T, KvError> {
         let map = std::mem::take(&mut self.map);
         let history = std::mem::take(&mut self.history);
-        let mut write = Write { map, history, revision: self.revision + 1, changed: false };
+        let leases = std::mem::take(&mut self.leases);
+        let mut write = Write { map, history, leases, revision: self.revision + 1, changed: false };
         let result = op(&mut write);
         self.map = write.map;
         self.history = write.history;
+        self.leases = write.leases;
         if write.changed {
             self.revision = write.revision;
         }
         result
+    }
+
+    /// The live keys in `keys`, in key order.
+    pub fn scan<'a>(&'a self, keys: &KeyRange) -> impl Iterator<Item = &'a KeyValue> + 'a {
+        keys.scan(&self.map).map(|(_, kv)| kv)
     }
 
     /// Serves a read against the current state.
@@ -322,6 +372,7 @@ fn read(
 struct Write {
     map: OrdMap<Bytes, KeyValue>,
     history: History,
+    leases: Leases,
     revision: i64,
     changed: bool,
 }
@@ -331,11 +382,14 @@ impl Write {
         if req.key.is_empty() {
             return Err(KvError::KeyNotProvided);
         }
-        if req.lease != 0 {
-            return Err(KvError::LeaseNotFound);
-        }
         if req.ignore_value && !req.value.is_empty() {
             return Err(KvError::ValueProvided);
+        }
+        if req.ignore_lease && req.lease != 0 {
+            return Err(KvError::LeaseProvided);
+        }
+        if req.lease != 0 && !self.leases.contains(req.lease) {
+            return Err(KvError::LeaseNotFound);
         }
         let prev = self.map.get(&req.key).cloned();
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
@@ -345,13 +399,22 @@ impl Write {
             (Some(p), true) => p.value.clone(),
             _ => req.value.clone(),
         };
+        let lease = match (&prev, req.ignore_lease) {
+            (Some(p), true) => p.lease,
+            _ => req.lease,
+        };
+        let old_lease = prev.as_ref().map_or(0, |p| p.lease);
+        if old_lease != lease {
+            self.leases.detach(old_lease, &req.key);
+            self.leases.attach(lease, req.key.clone());
+        }
         let kv = KeyValue {
             key: req.key.clone(),
             create_revision: prev.as_ref().map_or(self.revision, |p| p.create_revision),
             mod_revision: self.revision,
             version: prev.as_ref().map_or(1, |p| p.version + 1),
             value,
-            lease: 0,
+            lease,
         };
         self.history.record(kv.clone());
         self.map.insert(req.key.clone(), kv);
@@ -365,6 +428,7 @@ impl Write {
         let mut prev_kvs = Vec::new();
         for key in &keys {
             let prev = self.map.remove(key).expect("key was just scanned");
+            self.leases.detach(prev.lease, key);
             self.history.record_deletion(key.clone(), self.revision);
             if req.prev_kv {
                 prev_kvs.push(prev);
@@ -372,6 +436,19 @@ impl Write {
         }
         self.changed |= !keys.is_empty();
         Ok(DeleteRangeResponse { header: None, deleted: keys.len() as i64, prev_kvs })
+    }
+
+    /// Ends a lease: every key attached to it is deleted, all at this
+    /// revision (etcd's lessor deletes them in one transaction).
+    fn revoke(&mut self, id: i64) -> Result<(), KvError> {
+        let keys = self.leases.revoke(id).ok_or(KvError::LeaseNotFound)?;
+        for key in keys {
+            if self.map.remove(&key).is_some() {
+                self.history.record_deletion(key, self.revision);
+                self.changed = true;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -387,17 +464,22 @@ fn live_map(records: &[KeyValue]) -> OrdMap<Bytes, KeyValue> {
 
 /// Bytes a command may add to the store, as etcd's quota counts them: a
 /// put's key and value plus [`PUT_OVERHEAD`]; a transaction's larger branch
-/// (only one runs); nothing for reads, deletes and compactions.
+/// (only one runs); [`LEASE_OVERHEAD`] for a lease grant; nothing for reads,
+/// deletes, compactions and the rest.
 pub fn write_cost(command: &Command) -> u64 {
     match &command.request {
         Some(command::Request::Put(req)) => put_cost(req),
         Some(command::Request::Txn(req)) => txn_cost(req),
+        Some(command::Request::LeaseGrant(_)) => LEASE_OVERHEAD,
         _ => 0,
     }
 }
 
 /// What etcd's quota adds to each put for its bookkeeping (`kvOverhead`).
 pub const PUT_OVERHEAD: u64 = 256;
+
+/// What etcd's quota counts for a lease grant (`leaseOverhead`).
+pub const LEASE_OVERHEAD: u64 = 64;
 
 fn put_cost(req: &PutRequest) -> u64 {
     (req.key.len() + req.value.len()) as u64 + PUT_OVERHEAD
@@ -434,6 +516,8 @@ pub fn txn_command(req: crate::proto::etcdserverpb::TxnRequest) -> Command {
     Command { request: Some(command::Request::Txn(req)) }
 }
 
+#[cfg(test)]
+mod lease_tests;
 #[cfg(test)]
 mod tests;
 

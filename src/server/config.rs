@@ -97,6 +97,13 @@ pub struct ServerArgs {
     /// value means no quota.
     #[arg(long, env = "RAFTKV_QUOTA_BACKEND_BYTES", allow_hyphen_values = true)]
     pub quota_backend_bytes: Option<i64>,
+    /// How often the leader records the remaining TTL of leases longer than
+    /// this in the log, so a new leader neither expires a lease early nor
+    /// gives it a fresh TTL (a duration such as 5s; default 5s). After a
+    /// leader change, a lease nobody renews expires at most TTL + this
+    /// interval + an election timeout after its last renewal.
+    #[arg(long, env = "RAFTKV_LEASE_CHECKPOINT_INTERVAL")]
+    pub lease_checkpoint_interval: Option<String>,
 }
 
 /// etcd's default space quota (`DefaultQuotaBytes`).
@@ -160,6 +167,7 @@ pub struct Settings {
     pub watch_progress_notify_interval: Duration,
     /// The data size past which writes raise NOSPACE (None: no quota).
     pub quota_bytes: Option<u64>,
+    pub lease_checkpoint_interval: Duration,
 }
 
 impl ServerArgs {
@@ -195,6 +203,7 @@ impl ServerArgs {
             join: self.join.or(file.join),
             force_new_cluster: self.force_new_cluster || file.force_new_cluster,
             quota_backend_bytes: self.quota_backend_bytes.or(file.quota_backend_bytes),
+            lease_checkpoint_interval: self.lease_checkpoint_interval.or(file.lease_checkpoint_interval),
         }
     }
 
@@ -270,6 +279,10 @@ impl ServerArgs {
                 format!("`{progress}` is not a duration such as 10m or 5s"),
             )
         })?;
+        let checkpoints = self.lease_checkpoint_interval.unwrap_or_else(|| "5s".into());
+        let lease_checkpoint_interval = parse_duration(&checkpoints).filter(|d| !d.is_zero()).ok_or_else(|| {
+            invalid("lease-checkpoint-interval", format!("`{checkpoints}` is not a duration such as 5s or 1m"))
+        })?;
         let mut ids: Vec<u64> = members.iter().map(|m| m.id).collect();
         ids.sort_unstable();
         Ok(Settings {
@@ -299,7 +312,20 @@ impl ServerArgs {
             snapshot_catchup_entries: self.snapshot_catchup_entries.unwrap_or(5_000),
             auto_compaction,
             watch_progress_notify_interval,
+            lease_checkpoint_interval,
         })
+    }
+}
+
+impl Settings {
+    pub fn election_timeout(&self) -> Duration {
+        self.heartbeat * self.election_ticks
+    }
+
+    /// The shortest lease TTL granted, in seconds: etcd's, one and a half
+    /// election timeouts rounded up, so a lease outlives a leader change.
+    pub fn min_lease_ttl(&self) -> i64 {
+        (self.election_timeout().as_millis() as i64 * 3 / 2 + 999) / 1000
     }
 }
 

@@ -16,10 +16,11 @@ use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
     RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse, response_op,
 };
+use crate::proto::etcdserverpb::{LeaseKeepAliveResponse, LeaseTimeToLiveResponse};
 use crate::proto::raftpeer::raft_peer_server::RaftPeer;
 use crate::proto::raftpeer::{
-    ForwardRequest, ForwardResponse, HelloRequest, HelloResponse, InstallSnapshotResponse, MembersRequest,
-    MembersResponse, PeerMessage, SnapshotPart, StreamSummary, peer_message,
+    ForwardRequest, ForwardResponse, HelloRequest, HelloResponse, InstallSnapshotResponse, LeaseRenewRequest,
+    LeaseTimeToLiveForward, MembersRequest, MembersResponse, PeerMessage, SnapshotPart, StreamSummary, peer_message,
 };
 
 pub struct KvService(pub Arc<Shared>);
@@ -179,6 +180,30 @@ impl RaftPeer for PeerService {
             membership: Some((*table).clone()),
             learners: conf.learners,
         }))
+    }
+
+    async fn lease_renew(
+        &self,
+        request: Request<LeaseRenewRequest>,
+    ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
+        let req = request.into_inner();
+        self.0.check_peer(req.cluster_id, req.from)?;
+        let id = req.id;
+        let ttl = super::lease::on_this_leader(&self.0, |reply| NodeRequest::LeaseRenew { id, reply }).await?;
+        Ok(Response::new(LeaseKeepAliveResponse { header: None, id, ttl }))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseTimeToLiveForward>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let req = request.into_inner();
+        self.0.check_peer(req.cluster_id, req.from)?;
+        let asked = req.request.unwrap_or_default();
+        let (id, keys) = (asked.id, asked.keys);
+        let answer =
+            super::lease::on_this_leader(&self.0, |reply| NodeRequest::LeaseTimeToLive { id, keys, reply }).await?;
+        Ok(Response::new(answer))
     }
 
     async fn hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {

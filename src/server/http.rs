@@ -3,7 +3,8 @@
 //! - `GET /v1/kv/{key}`: the raw value (404 if absent); `?serializable=true`
 //!   reads this member's state without a ReadIndex round, and says so in
 //!   the `x-raftkv-consistency` header;
-//! - `PUT /v1/kv/{key}` with the raw value as body; `DELETE /v1/kv/{key}`;
+//! - `PUT /v1/kv/{key}` with the raw value as body (`?lease=ID` attaches
+//!   the key to a lease); `DELETE /v1/kv/{key}`;
 //! - `GET /v1/kv?prefix=p`: every key with that prefix, as JSON (also
 //!   `&serializable=true`);
 //! - both reads take `rev=N`: the state at revision N, while the history
@@ -14,6 +15,8 @@
 //!   `&prev_kv=true`; see [`super::watch::http`]);
 //! - `/v1/members`: list, add, update, promote and remove members (see
 //!   [`super::membership::http`]);
+//! - `/v1/leases`: grant, list, inspect, renew and revoke leases (see
+//!   [`super::lease::http`]);
 //! - `GET /v1/status`: this member's Raft and store status, as JSON;
 //! - `GET /healthz`: 200 when this member knows a leader, else 503;
 //! - `GET /version`: the etcd version whose API is served, and raftkv's own;
@@ -53,6 +56,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/status", get(status))
         .route("/healthz", get(health))
         .merge(super::membership::http::routes())
+        .merge(super::lease::http::routes())
         .layer(body_limit)
         .with_state(shared)
 }
@@ -107,6 +111,11 @@ pub(crate) fn flag(q: &HashMap<String, String>, name: &str) -> bool {
     q.get(name).is_some_and(|v| v == "true")
 }
 
+/// A request's JSON body, or a 400 saying what is wrong with it.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, HttpError> {
+    serde_json::from_slice(bytes).map_err(|e| HttpError(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
 pub(crate) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -130,10 +139,15 @@ async fn get_key(
 async fn put_key(
     State(shared): State<Arc<Shared>>,
     Path(key): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Result<Response, HttpError> {
     shared.check_size(key.len() + body.len())?;
-    let req = PutRequest { key: key.into(), value: body, ..Default::default() };
+    let lease = match q.get("lease") {
+        Some(id) => super::lease::http::parse_id(id)?,
+        None => 0,
+    };
+    let req = PutRequest { key: key.into(), value: body, lease, ..Default::default() };
     let (_, revision, _) = shared.write(kv::put_command(req)).await?;
     Ok(Json(json!({ "revision": revision })).into_response())
 }

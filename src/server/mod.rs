@@ -8,12 +8,14 @@
 pub mod alarms;
 pub mod authority;
 pub mod compactor;
+pub mod concurrency;
 pub mod config;
 pub mod encoded_range;
 pub mod forward;
 pub mod grpc;
 pub mod http;
 pub mod join;
+pub mod lease;
 pub mod maintenance;
 pub mod membership;
 pub mod node;
@@ -35,9 +37,12 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::kv::KvStore;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
+use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::raftpeer::raft_peer_server::RaftPeerServer;
+use crate::proto::v3electionpb::election_server::ElectionServer;
+use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::proto::{ConfState, Membership};
 use crate::raft::{Config, Raft, RaftError};
 use crate::snapshot::{SnapshotDir, SnapshotError, Snapshotter};
@@ -270,6 +275,9 @@ pub async fn serve(mut settings: Settings, stop: signal::Receiver<bool>) -> Resu
         let grpc = tonic::service::Routes::new(KvRoutes::new(shared.clone(), max_message))
             .add_service(ClusterServer::new(membership::service::ClusterService(shared.clone())))
             .add_service(MaintenanceServer::new(maintenance::MaintenanceService(shared.clone())))
+            .add_service(LeaseServer::new(lease::service::LeaseService(shared.clone())))
+            .add_service(LockServer::new(concurrency::lock::LockService(shared.clone())))
+            .add_service(ElectionServer::new(concurrency::election::ElectionService(shared.clone())))
             .add_service(
                 WatchServer::new(watch::grpc::WatchService(shared.clone())).max_decoding_message_size(max_message),
             )
@@ -318,6 +326,7 @@ pub async fn serve(mut settings: Settings, stop: signal::Receiver<bool>) -> Resu
         read_round_ticks: u64::from(settings.election_ticks),
         election_ticks: u64::from(settings.election_ticks),
         max_learners: settings.max_learners,
+        lease_checkpoint_interval: settings.lease_checkpoint_interval,
     });
     let result = run_node_thread(node, node_rx, settings.heartbeat, stop.clone()).await;
     compactor.abort();

@@ -23,6 +23,7 @@ use super::node::{Applied, NodeError, NodeStatus, Request};
 use crate::kv::{KvError, KvStore};
 use crate::proto::etcdserverpb::{AlarmMember, AlarmType, RangeRequest, RangeResponse, ResponseHeader, ResponseOp};
 use crate::proto::raftkvpb::Command;
+use crate::proto::raftpeer::raft_peer_client::RaftPeerClient;
 use crate::proto::{ConfState, Membership};
 use crate::raft::NodeId;
 use crate::snapshot::SnapshotDir;
@@ -46,9 +47,19 @@ pub struct Shared {
     pub watches: super::watch::Gauges,
     /// Compacts the member's RocksDB store (etcd's Defragment).
     pub defragmenter: Defragmenter,
-    /// A forwarding stream per leader this member forwarded to, with the
-    /// peer URL it was made for (a member that moved gets a new one).
-    forwarders: Mutex<HashMap<NodeId, (String, Forwarder)>>,
+    /// A connection and a forwarding stream per leader this member
+    /// forwarded to, with the peer URL they were made for (a member that
+    /// moved gets new ones).
+    forwarders: Mutex<HashMap<NodeId, PeerLink>>,
+    /// Ids for leases granted here without one.
+    pub lease_ids: super::lease::IdGenerator,
+}
+
+#[derive(Clone)]
+struct PeerLink {
+    url: String,
+    channel: tonic::transport::Channel,
+    forwarder: Forwarder,
 }
 
 /// A write's outcome: the response, the revision after it, the term.
@@ -64,12 +75,13 @@ impl Shared {
         defragmenter: Defragmenter,
     ) -> Shared {
         Shared {
-            settings,
             snapshot_dir,
             node,
             status,
             applied,
             watches: Default::default(),
+            lease_ids: super::lease::IdGenerator::new(settings.member_id),
+            settings,
             defragmenter,
             forwarders: Mutex::default(),
         }
@@ -97,20 +109,27 @@ impl Shared {
         tokio::time::timeout(limit, waiting).await.unwrap_or(true)
     }
 
-    /// The forwarding stream to `id`, at its peer URL in the member table.
-    fn forwarder(&self, id: NodeId) -> Option<Forwarder> {
+    /// The connection and forwarding stream to `id`, at its peer URL in
+    /// the member table.
+    fn peer_link(&self, id: NodeId) -> Option<PeerLink> {
         let (table, _) = self.membership();
         let url = membership::record(&table, id)?.peer_urls.first()?.clone();
         let mut forwarders = self.forwarders.lock().expect("not poisoned");
-        if let Some((at, forwarder)) = forwarders.get(&id)
-            && *at == url
+        if let Some(link) = forwarders.get(&id)
+            && link.url == url
         {
-            return Some(forwarder.clone());
+            return Some(link.clone());
         }
         let channel = super::transport::peer_endpoint(&url).ok()?.connect_lazy();
-        let forwarder = Forwarder::start(self.settings.cluster_id, self.settings.member_id, channel);
-        forwarders.insert(id, (url, forwarder.clone()));
-        Some(forwarder)
+        let forwarder = Forwarder::start(self.settings.cluster_id, self.settings.member_id, channel.clone());
+        let link = PeerLink { url, channel, forwarder };
+        forwarders.insert(id, link.clone());
+        Some(link)
+    }
+
+    /// A client of member `id`'s peer service.
+    pub fn peer_client(&self, id: NodeId) -> Option<RaftPeerClient<tonic::transport::Channel>> {
+        self.peer_link(id).map(|link| RaftPeerClient::new(link.channel))
     }
 
     pub fn header(&self, revision: i64, raft_term: u64) -> ResponseHeader {
@@ -137,7 +156,7 @@ impl Shared {
         membership::is_removed(self.applied.borrow().membership(), id)
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, NodeError> {
+    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, NodeError> {
         let (tx, rx) = oneshot::channel();
         self.node.send(make(tx)).await.map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)
@@ -225,10 +244,7 @@ impl Shared {
                 ) => {}
                 Err(e) => return Err(node_status(e)),
             }
-            if tokio::time::Instant::now() + Duration::from_millis(50) >= deadline {
-                return Err(Status::unavailable("etcdserver: no leader"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            pause_before_retry(deadline).await?;
         }
     }
 
@@ -238,7 +254,7 @@ impl Shared {
         command: &Command,
         deadline: tokio::time::Instant,
     ) -> Result<WriteResult, ForwardError> {
-        let forwarder = self.forwarder(leader).ok_or(ForwardError::NotAppended)?;
+        let forwarder = self.peer_link(leader).ok_or(ForwardError::NotAppended)?.forwarder;
         let answer = tokio::time::timeout_at(deadline, forwarder.forward(command.clone()));
         answer.await.map_err(|_| ForwardError::Failed(timed_out()))?
     }
@@ -261,10 +277,7 @@ impl Shared {
                 )) => {}
                 Ok(Err(e)) | Err(e) => return Err(node_status(e)),
             }
-            if tokio::time::Instant::now() + Duration::from_millis(50) >= deadline {
-                return Err(Status::unavailable("etcdserver: no leader"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            pause_before_retry(deadline).await?;
         }
     }
 
@@ -306,13 +319,27 @@ impl Shared {
     }
 }
 
-fn timed_out() -> Status {
+/// How long a request waits before asking the cluster again.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Waits before a request is asked again, or gives up with etcd's "no
+/// leader" when the pause would reach its `deadline`.
+pub async fn pause_before_retry(deadline: tokio::time::Instant) -> Result<(), Status> {
+    if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+        return Err(Status::unavailable("etcdserver: no leader"));
+    }
+    tokio::time::sleep(RETRY_PAUSE).await;
+    Ok(())
+}
+
+pub fn timed_out() -> Status {
     Status::unavailable("etcdserver: request timed out")
 }
 
 pub fn kv_status(e: KvError) -> Status {
     match e {
         KvError::LeaseNotFound => Status::not_found(e.to_string()),
+        KvError::LeaseExists => Status::failed_precondition(e.to_string()),
         KvError::NoSpace => Status::resource_exhausted(e.to_string()),
         KvError::FutureRevision | KvError::Compacted => Status::out_of_range(e.to_string()),
         _ => Status::invalid_argument(e.to_string()),

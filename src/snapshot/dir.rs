@@ -190,6 +190,7 @@ mod tests {
             compact_revision: 1,
             membership: None,
             alarms: Vec::new(),
+            leases: Vec::new(),
         }
     }
 

@@ -264,6 +264,7 @@ mod tests {
             compact_revision: 5,
             membership: None,
             alarms: Vec::new(),
+            leases: Vec::new(),
         }
     }
 

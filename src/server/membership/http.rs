@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use super::service;
 use crate::proto::etcdserverpb::Member;
-use crate::server::http::HttpError;
+use crate::server::http::{HttpError, json_body as body};
 use crate::server::shared::Shared;
 
 pub fn routes() -> Router<Arc<Shared>> {
@@ -66,10 +66,6 @@ fn members_json(shared: &Shared) -> Value {
 fn parse_id(id: &str) -> Result<u64, HttpError> {
     u64::from_str_radix(id, 16)
         .map_err(|_| HttpError(StatusCode::BAD_REQUEST, format!("`{id}` is not a member id (hexadecimal)")))
-}
-
-fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, HttpError> {
-    serde_json::from_slice(bytes).map_err(|e| HttpError(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
 }
 
 async fn list(State(shared): State<Arc<Shared>>) -> Json<Value> {

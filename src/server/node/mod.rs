@@ -21,6 +21,7 @@
 //! from the leader (already verified and durable) is installed in the same
 //! write that resets the log, so a crash leaves the old state or the new one.
 
+mod leases;
 mod proposals;
 mod reads;
 #[cfg(test)]
@@ -36,7 +37,7 @@ use super::ServerError;
 use super::membership::{self, MembershipError, rules::ClusterView};
 use super::transport::Outbox;
 use crate::kv::{KvError, KvStore};
-use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseOp};
+use crate::proto::etcdserverpb::{LeaseTimeToLiveResponse, RangeRequest, RangeResponse, ResponseOp};
 use crate::proto::raftkvpb::{Command, MemberChange, command};
 use crate::proto::{ConfChange, ConfState, Entry, SnapshotMeta};
 use crate::raft::{Body, Message, NodeId, Raft, RaftError, ReadState, Ready};
@@ -137,6 +138,18 @@ pub enum Request {
     Removed {
         by: NodeId,
     },
+    /// A lease keep-alive (leader only): the TTL the lease now has, 0 if
+    /// it does not exist.
+    LeaseRenew {
+        id: i64,
+        reply: oneshot::Sender<Result<i64, NodeError>>,
+    },
+    /// etcd's LeaseTimeToLive (leader only).
+    LeaseTimeToLive {
+        id: i64,
+        keys: bool,
+        reply: oneshot::Sender<Result<LeaseTimeToLiveResponse, NodeError>>,
+    },
 }
 
 /// What the node publishes after every turn, for status and health.
@@ -180,6 +193,15 @@ pub struct Node {
     removed_at: Option<u64>,
     /// A peer refused this member as removed: the others applied the removal.
     removal_confirmed: bool,
+    /// When leases expire: only on a leader whose clock has started.
+    lessor: Option<super::lease::Lessor>,
+    lease_checkpoint_interval: Duration,
+    /// Renewals answered once this turn's reset of their leases' recorded
+    /// remaining TTL is applied.
+    waiting_renewals: Vec<leases::WaitingRenewal>,
+    /// What the lease clock reads (a test sets its own).
+    clock: leases::Clock,
+    runtime: Handle,
 }
 
 /// What a node starts from.
@@ -202,6 +224,7 @@ pub struct NodeParts {
     /// connected for the membership rules.
     pub election_ticks: u64,
     pub max_learners: usize,
+    pub lease_checkpoint_interval: Duration,
 }
 
 impl Node {
@@ -219,6 +242,7 @@ impl Node {
             read_round_ticks,
             election_ticks,
             max_learners,
+            lease_checkpoint_interval,
         } = parts;
         // Unique per process, so no answer to an earlier process's read round
         // can match one of ours (etcd's request ids mix in the start time too).
@@ -230,7 +254,7 @@ impl Node {
             kv,
             outbox,
             proposals: Proposals::default(),
-            reads: Reads::new(nonce, read_round_ticks, runtime),
+            reads: Reads::new(nonce, read_round_ticks, runtime.clone()),
             ticks: 0,
             snapshotter,
             incoming_snapshots: Vec::new(),
@@ -242,6 +266,11 @@ impl Node {
             max_learners,
             removed_at: None,
             removal_confirmed: false,
+            lessor: None,
+            lease_checkpoint_interval,
+            waiting_renewals: Vec::new(),
+            clock: leases::real_clock(),
+            runtime,
         }
     }
 
@@ -319,6 +348,7 @@ impl Node {
     /// What every turn ends with, whatever its input was.
     fn end_turn(&mut self) -> Result<(), ServerError> {
         self.reads.start_round(&mut self.raft, self.ticks);
+        self.tend_leases();
         self.drain_readies()?;
         // The core took what it installs in this turn's Readies.
         self.incoming_snapshots.clear();
@@ -372,6 +402,10 @@ impl Node {
                 let term = self.raft.log_term(applied).unwrap_or_default();
                 let meta = SnapshotMeta { index: applied, term, conf: Some(self.raft.conf().clone()) };
                 let _ = reply.send((self.kv.clone(), meta));
+            }
+            Request::LeaseRenew { id, reply } => self.renew_lease(id, reply),
+            Request::LeaseTimeToLive { id, keys, reply } => {
+                let _ = reply.send(self.lease_time_to_live(id, keys));
             }
             Request::TransferLeader { to, reply } => {
                 let result = match self.raft.transfer_leader(to) {
@@ -589,7 +623,13 @@ impl Node {
                     self.kv.set_alarms(alarms);
                     Ok(super::alarms::answer(&changed))
                 }
-                Ok(command) => self.kv.apply(&command),
+                Ok(command) => {
+                    let result = self.kv.apply(&command);
+                    if result.is_ok() {
+                        self.lease_applied(&command);
+                    }
+                    result
+                }
                 Err(e) => {
                     // Every member decodes the same bytes the same way, so
                     // every member refuses it alike.

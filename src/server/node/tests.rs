@@ -69,6 +69,7 @@ fn open(id: NodeId, n: u64, dir: &std::path::Path) -> Member {
         read_round_ticks: ROUND_TICKS,
         election_ticks: 10,
         max_learners: 1,
+        lease_checkpoint_interval: std::time::Duration::from_secs(5),
     });
     Member { node, outbox, _requests: requests }
 }
@@ -330,4 +331,195 @@ async fn a_read_index_answer_from_before_a_restart_is_ignored() {
     h.deliver(|_| true);
     let (resp, _) = tokio::time::timeout(std::time::Duration::from_secs(5), read).await.unwrap().unwrap().unwrap();
     assert_eq!(resp.kvs[0].value.as_ref(), b"new");
+}
+
+// Leases, on a clock the test moves. The checkpoint interval is 5 s.
+
+/// A clock shared by every member, moved only by the test.
+#[derive(Clone)]
+struct TestClock(Arc<Mutex<std::time::Instant>>);
+
+impl TestClock {
+    fn install(h: &mut Harness) -> TestClock {
+        let clock = TestClock(Arc::new(Mutex::new(std::time::Instant::now())));
+        for m in &mut h.members {
+            let c = clock.0.clone();
+            m.node.clock = Arc::new(move || *c.lock().unwrap());
+        }
+        clock
+    }
+
+    fn advance_ms(&self, ms: u64) {
+        *self.0.lock().unwrap() += std::time::Duration::from_millis(ms);
+    }
+}
+
+impl Harness {
+    fn propose(&mut self, id: NodeId, command: Command) -> oneshot::Receiver<Result<Applied, NodeError>> {
+        let (reply, answer) = oneshot::channel();
+        self.input(id, Request::Propose { command, reply });
+        answer
+    }
+
+    fn grant(&mut self, leader: NodeId, lease: i64, ttl: i64) {
+        let grant = crate::proto::etcdserverpb::LeaseGrantRequest { id: lease, ttl };
+        let mut answer = self.propose(leader, Command { request: Some(command::Request::LeaseGrant(grant)) });
+        self.deliver(|_| true);
+        assert!(answer.try_recv().unwrap().unwrap().result.is_ok());
+    }
+
+    fn put_with_lease(&mut self, leader: NodeId, key: &str, lease: i64) {
+        let req = PutRequest { key: key.to_owned().into(), value: "v".into(), lease, ..Default::default() };
+        let mut answer = self.propose(leader, kv::put_command(req));
+        self.deliver(|_| true);
+        assert!(answer.try_recv().unwrap().unwrap().result.is_ok());
+    }
+
+    /// A keep-alive at `id`, with every message delivered (a renewal may
+    /// wait for a reset through the log): the TTL it answered.
+    fn renew(&mut self, id: NodeId, lease: i64) -> Result<i64, NodeError> {
+        let (reply, mut answer) = oneshot::channel();
+        self.input(id, Request::LeaseRenew { id: lease, reply });
+        self.deliver(|_| true);
+        for _ in 0..100 {
+            match answer.try_recv() {
+                Ok(answer) => return answer,
+                // The reset's answer is fanned out by a task of its own.
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+        panic!("the keep-alive was not answered");
+    }
+
+    /// Moves the clock in steps of at most 500 ms, each member taking a
+    /// turn per step and every message that `pass` lets through delivered.
+    fn pass_time(&mut self, clock: &TestClock, ms: u64, pass: impl Fn(&Message) -> bool) {
+        let mut left = ms;
+        while left > 0 {
+            let step = left.min(500);
+            clock.advance_ms(step);
+            left -= step;
+            for id in 1..=self.members.len() as NodeId {
+                let node = self.node(id);
+                node.end_turn().unwrap();
+            }
+            self.deliver(&pass);
+        }
+    }
+
+    fn has_lease(&mut self, id: NodeId, lease: i64) -> bool {
+        self.node(id).kv.leases().contains(lease)
+    }
+}
+
+/// Member 1 is cut off for a second, then member 2 takes over (and its
+/// lease clock starts).
+fn fail_over_to_2(h: &mut Harness, clock: &TestClock) {
+    h.pass_time(clock, 1_000, within(&[2, 3]));
+    h.campaign(2);
+    h.deliver(within(&[2, 3]));
+    h.tick(2);
+    h.deliver(within(&[2, 3]));
+    assert!(h.node(2).lessor.is_some(), "the new leader's lease clock started");
+}
+
+fn lease_harness() -> (Harness, TestClock) {
+    let mut h = Harness::new(3);
+    let clock = TestClock::install(&mut h);
+    elect_everywhere(&mut h, 1);
+    // The leader's clock starts once its own no-op is applied.
+    h.tick(1);
+    h.deliver(|_| true);
+    assert!(h.node(1).lessor.is_some());
+    (h, clock)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_leader_revokes_an_expired_lease_and_every_member_deletes_its_keys_at_one_revision() {
+    let (mut h, clock) = lease_harness();
+    h.grant(1, 7, 10);
+    h.put_with_lease(1, "k", 7);
+    assert!(h.node(2).lessor.is_none() && h.node(3).lessor.is_none(), "followers keep no lease clock");
+    h.pass_time(&clock, 9_500, |_| true);
+    assert!((1..=3).all(|id| h.has_lease(id, 7)), "not expired before its TTL");
+
+    // Past the deadline, followers take turns and propose nothing.
+    clock.advance_ms(1_000);
+    let before = h.node(2).raft.last_index();
+    for id in [2, 3] {
+        h.node(id).end_turn().unwrap();
+    }
+    assert!(h.take().is_empty(), "a follower proposed something");
+    assert_eq!(h.node(2).raft.last_index(), before);
+    // The leader's turn proposes the revocation.
+    h.node(1).end_turn().unwrap();
+    h.deliver(|_| true);
+    let revision = h.node(1).kv.revision();
+    for id in 1..=3 {
+        assert!(!h.has_lease(id, 7), "member {id} still has the lease");
+        assert_eq!(h.value(id, "k"), None, "member {id} kept the lease's key");
+        assert_eq!(h.node(id).kv.revision(), revision, "member {id} deleted at another revision");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_kept_alive_across_a_leader_change_never_expires_and_ends_a_ttl_after_its_last_renewal() {
+    let (mut h, clock) = lease_harness();
+    h.grant(1, 7, 10);
+    // Renewed every 3 s at the leader: member 1, then member 2 from 12 s on.
+    for round in 1..=10 {
+        h.pass_time(&clock, 3_000, |_| true);
+        if round == 4 {
+            h.campaign(2);
+            h.deliver(|_| true);
+            assert!(h.node(2).raft.is_leader());
+            h.tick(2);
+            h.deliver(|_| true);
+            assert!(h.node(1).lessor.is_none(), "the old leader's clock stopped");
+        }
+        let leader = if round < 4 { 1 } else { 2 };
+        assert_eq!(h.renew(leader, 7), Ok(10), "round {round}");
+        assert!((1..=3).all(|id| h.has_lease(id, 7)), "expired while kept alive (round {round})");
+    }
+    assert!(matches!(h.renew(1, 7), Err(NodeError::NotLeader { leader: Some(2) })), "only the leader renews");
+    // No renewal from now on: gone 10 s later, not before.
+    h.pass_time(&clock, 9_500, |_| true);
+    assert!(h.has_lease(3, 7), "expired before its TTL ran out");
+    h.pass_time(&clock, 1_000, |_| true);
+    assert!((1..=3).all(|id| !h.has_lease(id, 7)), "outlived its TTL");
+    assert_eq!(h.renew(2, 7), Ok(0), "a keep-alive of a gone lease answers TTL 0");
+}
+
+/// The leader dies 11 s into a 20 s lease nobody renews; the new leader
+/// counts the remaining 10 s its predecessor checkpointed at 10 s, so the
+/// lease ends at 22 s: within TTL + interval + the leaderless second.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_leader_counts_the_checkpointed_remaining_ttl_not_a_fresh_one() {
+    let (mut h, clock) = lease_harness();
+    h.grant(1, 7, 20);
+    h.pass_time(&clock, 11_000, |_| true);
+    assert_eq!(h.node(2).kv.leases().get(7).map(|l| l.remaining), Some(10), "checkpointed at 10 s");
+    // Member 1 is cut off; member 2 takes over a second later.
+    fail_over_to_2(&mut h, &clock);
+    h.pass_time(&clock, 9_500, within(&[2, 3]));
+    assert!(h.has_lease(3, 7), "expired before the remaining TTL ran out");
+    h.pass_time(&clock, 1_000, within(&[2, 3]));
+    assert!(!h.has_lease(3, 7), "the new leader gave the lease more than its checkpointed remaining TTL");
+}
+
+/// A renewal of a lease with a recorded remaining TTL is answered only once
+/// that record is reset: a leader change right after it must not cut the
+/// TTL the owner was promised back to the stale record.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renewal_after_a_checkpoint_resets_it_before_answering_so_a_new_leader_honours_it() {
+    let (mut h, clock) = lease_harness();
+    h.grant(1, 7, 20);
+    h.pass_time(&clock, 6_000, |_| true);
+    assert_eq!(h.node(3).kv.leases().get(7).map(|l| l.remaining), Some(15));
+    assert_eq!(h.renew(1, 7), Ok(20), "renewed at 6 s: promised until 26 s");
+    assert_eq!(h.node(3).kv.leases().get(7).map(|l| l.remaining), Some(0), "the record was reset first");
+    // Member 1 is cut off at once; member 2 leads from 7 s.
+    fail_over_to_2(&mut h, &clock);
+    h.pass_time(&clock, 18_500, within(&[2, 3]));
+    assert!(h.has_lease(3, 7), "expired at 25.5 s, before the 26 s its owner was promised");
 }

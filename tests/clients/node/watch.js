@@ -6,20 +6,11 @@
 // failure or if anything takes longer than 20 s.
 'use strict';
 const { Etcd3 } = require('etcd3');
+const { check, fail } = require('./checks');
 
 const [writerUrl, watcherUrl] = process.argv.slice(2);
 const writer = new Etcd3({ hosts: [writerUrl] });
 const watcher = new Etcd3({ hosts: [watcherUrl] });
-setTimeout(() => fail('timed out'), 20000).unref();
-
-function fail(what) {
-  console.log(`FAILED: ${what}`);
-  process.exit(1);
-}
-function check(cond, what) {
-  if (!cond) fail(what);
-  console.log(`ok: ${what}`);
-}
 /** The next `n` events of `w`, as [type, key, value, mod_revision, prev value]. */
 function events(w, n) {
   return new Promise(resolve => {

@@ -12,17 +12,7 @@ import etcd3
 import etcd3.events
 import etcd3.exceptions
 
-
-def client(endpoint):
-    host, port = endpoint.rsplit(":", 1)
-    return etcd3.client(host=host, port=int(port), timeout=10)
-
-
-def check(cond, what):
-    if not cond:
-        print("FAILED: " + what, flush=True)
-        sys.exit(1)
-    print("ok: " + what, flush=True)
+from checks import check, client
 
 
 def main():

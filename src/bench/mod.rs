@@ -312,17 +312,25 @@ async fn keep_alive_once(
     stream: &mut Option<KeepAliveStream>,
     id: i64,
 ) -> Result<(), tonic::Status> {
-    if stream.is_none() {
-        let (requests, queue) = tokio::sync::mpsc::channel(1);
-        let answers = lease.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(queue)).await?.into_inner();
-        *stream = Some(KeepAliveStream { requests, answers });
-    }
-    let open = stream.as_mut().expect("opened above");
+    let request = LeaseKeepAliveRequest { id };
+    let closed = |_| tonic::Status::unavailable("the keep-alive stream closed");
     let result = async {
-        open.requests
-            .send(LeaseKeepAliveRequest { id })
-            .await
-            .map_err(|_| tonic::Status::unavailable("stream closed"))?;
+        let open = match stream {
+            Some(open) => {
+                open.requests.send(request).await.map_err(closed)?;
+                open
+            }
+            None => {
+                // The first request goes in before the call: a gRPC server
+                // may send its response headers only with its first answer
+                // (etcd's does).
+                let (requests, queue) = tokio::sync::mpsc::channel(1);
+                requests.send(request).await.map_err(closed)?;
+                let queue = tokio_stream::wrappers::ReceiverStream::new(queue);
+                let answers = lease.lease_keep_alive(queue).await?.into_inner();
+                stream.insert(KeepAliveStream { requests, answers })
+            }
+        };
         match open.answers.message().await? {
             Some(answer) if answer.ttl > 0 => Ok(()),
             Some(_) => Err(tonic::Status::not_found("etcdserver: requested lease not found")),

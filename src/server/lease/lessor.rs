@@ -18,7 +18,7 @@
 //! - Time is passed in, never read here, so the rules are tested with any
 //!   clock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::kv::Leases;
@@ -33,6 +33,9 @@ pub const CHECKPOINTS_PER_ENTRY: usize = 1000;
 
 pub struct Lessor {
     deadlines: HashMap<i64, Instant>,
+    /// The same deadlines in time order, so each turn looks only at the
+    /// leases that expired (it runs many times a second, under load too).
+    by_deadline: BTreeSet<(Instant, i64)>,
     /// Leases whose revocation was proposed, and when.
     revoking: HashMap<i64, Instant>,
     interval: Duration,
@@ -42,14 +45,25 @@ pub struct Lessor {
 impl Lessor {
     /// The clock of a leader that starts counting at `now`.
     pub fn promoted(leases: &Leases, interval: Duration, now: Instant) -> Lessor {
-        let deadlines = leases
-            .iter()
-            .map(|(id, l)| {
-                let left = if l.remaining > 0 { l.remaining } else { l.ttl };
-                (id, now + secs(left))
-            })
-            .collect();
-        Lessor { deadlines, revoking: HashMap::new(), interval, next_checkpoint: now + interval }
+        let mut lessor = Lessor {
+            deadlines: HashMap::new(),
+            by_deadline: BTreeSet::new(),
+            revoking: HashMap::new(),
+            interval,
+            next_checkpoint: now + interval,
+        };
+        for (id, l) in leases.iter() {
+            let left = if l.remaining > 0 { l.remaining } else { l.ttl };
+            lessor.set_deadline(id, now + secs(left));
+        }
+        lessor
+    }
+
+    fn set_deadline(&mut self, id: i64, deadline: Instant) {
+        if let Some(old) = self.deadlines.insert(id, deadline) {
+            self.by_deadline.remove(&(old, id));
+        }
+        self.by_deadline.insert((deadline, id));
     }
 
     pub fn len(&self) -> usize {
@@ -62,21 +76,23 @@ impl Lessor {
 
     /// A grant was applied: the lease runs its full TTL from now.
     pub fn granted(&mut self, id: i64, ttl: i64, now: Instant) {
-        self.deadlines.insert(id, now + secs(ttl));
+        self.set_deadline(id, now + secs(ttl));
     }
 
     /// A revocation was applied.
     pub fn revoked(&mut self, id: i64) {
-        self.deadlines.remove(&id);
+        if let Some(deadline) = self.deadlines.remove(&id) {
+            self.by_deadline.remove(&(deadline, id));
+        }
         self.revoking.remove(&id);
     }
 
     /// Renews lease `id` for `ttl` seconds from now; false if it already
     /// expired (its revocation is on its way) or is unknown here.
     pub fn renew(&mut self, id: i64, ttl: i64, now: Instant) -> bool {
-        match self.deadlines.get_mut(&id) {
-            Some(deadline) if *deadline > now => {
-                *deadline = now + secs(ttl);
+        match self.deadlines.get(&id) {
+            Some(&deadline) if deadline > now => {
+                self.set_deadline(id, now + secs(ttl));
                 true
             }
             _ => false,
@@ -91,16 +107,16 @@ impl Lessor {
     /// Leases past their deadline whose revocation should be proposed now:
     /// not proposed yet, or proposed too long ago. At most `limit`.
     pub fn expired(&mut self, now: Instant, limit: usize) -> Vec<i64> {
-        let mut due: Vec<i64> = self
-            .deadlines
+        // Expired leases whose revocation is in flight stay at the front
+        // until it applies: there are as many as were proposed recently.
+        let due: Vec<i64> = self
+            .by_deadline
             .iter()
-            .filter(|&(id, &deadline)| {
-                deadline <= now && self.revoking.get(id).is_none_or(|&at| now.duration_since(at) >= REVOKE_RETRY)
-            })
-            .map(|(&id, _)| id)
+            .take_while(|&&(deadline, _)| deadline <= now)
+            .filter(|(_, id)| self.revoking.get(id).is_none_or(|&at| now.duration_since(at) >= REVOKE_RETRY))
+            .map(|&(_, id)| id)
+            .take(limit)
             .collect();
-        due.sort_unstable();
-        due.truncate(limit);
         for &id in &due {
             self.revoking.insert(id, now);
         }

@@ -19,6 +19,11 @@
 //!   [`super::lease::http`]);
 //! - `GET /v1/status`: this member's Raft and store status, as JSON;
 //! - `GET /healthz`: 200 when this member knows a leader, else 503;
+//! - `GET /health`: etcd 3.4's answer, `{"health":"true"}` (200) or
+//!   `{"health":"false"}` (503): false while an alarm is raised, with no
+//!   leader, or when a linearizable read does not complete within 1 s;
+//! - `GET /metrics`: Prometheus metrics under etcd's names
+//!   ([`super::metrics`]);
 //! - `GET /version`: the etcd version whose API is served, and raftkv's own;
 //! - anything else: 404 (gRPC requests get gRPC's "unimplemented").
 //!
@@ -55,6 +60,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/kv", get(list))
         .route("/v1/status", get(status))
         .route("/healthz", get(health))
+        .route("/health", get(etcd_health))
+        .route("/metrics", get(metrics))
         .merge(super::membership::http::routes())
         .merge(super::lease::http::routes())
         .layer(body_limit)
@@ -233,6 +240,34 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
         "watch_streams": shared.watches.streams(), "watchers": shared.watches.watchers(),
     }))
     .into_response()
+}
+
+async fn etcd_health(State(shared): State<Arc<Shared>>) -> Response {
+    let unhealthy = if !shared.applied.borrow().alarms().is_empty() {
+        Some("an alarm is raised".to_string())
+    } else if shared.status.borrow().leader.is_none() {
+        Some("no leader".to_string())
+    } else {
+        let barrier = RangeRequest { key: vec![0].into(), count_only: true, ..Default::default() };
+        match tokio::time::timeout(std::time::Duration::from_secs(1), shared.range(barrier)).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.message().to_string()),
+            Err(_) => Some("a linearizable read took over 1 s".to_string()),
+        }
+    };
+    let (code, body) = match unhealthy {
+        None => (StatusCode::OK, r#"{"health":"true"}"#),
+        Some(reason) => {
+            tracing::warn!(reason, "serving /health false");
+            (StatusCode::SERVICE_UNAVAILABLE, r#"{"health":"false"}"#)
+        }
+    };
+    (code, [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let page = shared.metrics.render(&shared);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], page).into_response()
 }
 
 async fn health(State(shared): State<Arc<Shared>>) -> Response {

@@ -18,6 +18,7 @@ pub mod join;
 pub mod lease;
 pub mod maintenance;
 pub mod membership;
+pub mod metrics;
 pub mod node;
 pub mod recovery;
 pub mod shared;
@@ -243,8 +244,16 @@ pub async fn serve(mut settings: Settings, stop: signal::Receiver<bool>) -> Resu
     let requests = node_tx.downgrade();
     let (applied_tx, applied_rx) = signal::channel(kv.clone());
     let defragmenter = store.defragmenter();
-    let shared =
-        Arc::new(shared::Shared::new(settings.clone(), snapshot_dir, node_tx, status_rx, applied_rx, defragmenter));
+    let metrics = Arc::new(metrics::Metrics::new(settings.member_id));
+    let shared = Arc::new(shared::Shared::new(
+        settings.clone(),
+        snapshot_dir,
+        node_tx,
+        status_rx,
+        applied_rx,
+        defragmenter,
+        metrics.clone(),
+    ));
 
     let mut servers = tokio::task::JoinSet::new();
     let max_message = (2 * settings.max_request_bytes).max(4 << 20);
@@ -303,6 +312,7 @@ pub async fn serve(mut settings: Settings, stop: signal::Receiver<bool>) -> Resu
     }
     let compactor = tokio::spawn(compactor::run(shared.clone(), settings.auto_compaction.clone(), stop.clone()));
     let publisher = tokio::spawn(join::publish(shared.clone()));
+    let leader_changes = tokio::spawn(metrics::count_leader_changes(shared.clone()));
     let promoter = (!settings.join.is_empty()).then(|| tokio::spawn(join::promote_self(shared.clone())));
     tracing::info!(
         name = settings.name,
@@ -327,10 +337,12 @@ pub async fn serve(mut settings: Settings, stop: signal::Receiver<bool>) -> Resu
         election_ticks: u64::from(settings.election_ticks),
         max_learners: settings.max_learners,
         lease_checkpoint_interval: settings.lease_checkpoint_interval,
+        metrics,
     });
     let result = run_node_thread(node, node_rx, settings.heartbeat, stop.clone()).await;
     compactor.abort();
     publisher.abort();
+    leader_changes.abort();
     if let Some(promoter) = promoter {
         promoter.abort();
     }

@@ -53,6 +53,7 @@ pub struct Shared {
     forwarders: Mutex<HashMap<NodeId, PeerLink>>,
     /// Ids for leases granted here without one.
     pub lease_ids: super::lease::IdGenerator,
+    pub metrics: Arc<super::metrics::Metrics>,
 }
 
 #[derive(Clone)]
@@ -73,6 +74,7 @@ impl Shared {
         status: watch::Receiver<NodeStatus>,
         applied: watch::Receiver<KvStore>,
         defragmenter: Defragmenter,
+        metrics: Arc<super::metrics::Metrics>,
     ) -> Shared {
         Shared {
             snapshot_dir,
@@ -84,6 +86,7 @@ impl Shared {
             settings,
             defragmenter,
             forwarders: Mutex::default(),
+            metrics,
         }
     }
 
@@ -174,6 +177,9 @@ impl Shared {
         self.check_quota(&command).await?;
         let started = std::time::Instant::now();
         let result = self.write_through_leader(command).await;
+        if result.as_ref().is_err_and(|s| s.code() == tonic::Code::Unavailable) {
+            self.metrics.proposals_failed.inc();
+        }
         let took = started.elapsed();
         if took > SLOW_REQUEST {
             tracing::warn!(

@@ -202,6 +202,7 @@ pub struct Node {
     /// What the lease clock reads (a test sets its own).
     clock: leases::Clock,
     runtime: Handle,
+    metrics: std::sync::Arc<super::metrics::Metrics>,
 }
 
 /// What a node starts from.
@@ -225,6 +226,7 @@ pub struct NodeParts {
     pub election_ticks: u64,
     pub max_learners: usize,
     pub lease_checkpoint_interval: Duration,
+    pub metrics: std::sync::Arc<super::metrics::Metrics>,
 }
 
 impl Node {
@@ -243,6 +245,7 @@ impl Node {
             election_ticks,
             max_learners,
             lease_checkpoint_interval,
+            metrics,
         } = parts;
         // Unique per process, so no answer to an earlier process's read round
         // can match one of ours (etcd's request ids mix in the start time too).
@@ -271,6 +274,7 @@ impl Node {
             waiting_renewals: Vec::new(),
             clock: leases::real_clock(),
             runtime,
+            metrics,
         }
     }
 
@@ -445,6 +449,7 @@ impl Node {
             let started = std::time::Instant::now();
             self.store.persist(LogWrite::from_ready(&rd))?;
             let took = started.elapsed();
+            self.metrics.wal_fsync.observe(took.as_secs_f64());
             if took > SLOW_TURN {
                 tracing::warn!(took_ms = took.as_millis() as u64, entries = rd.entries.len(), "slow synced log write");
             }

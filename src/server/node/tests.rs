@@ -70,6 +70,7 @@ fn open(id: NodeId, n: u64, dir: &std::path::Path) -> Member {
         election_ticks: 10,
         max_learners: 1,
         lease_checkpoint_interval: std::time::Duration::from_secs(5),
+        metrics: Arc::new(crate::server::metrics::Metrics::new(id)),
     });
     Member { node, outbox, _requests: requests }
 }

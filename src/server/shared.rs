@@ -56,7 +56,6 @@ pub struct Shared {
     pub metrics: Arc<super::metrics::Metrics>,
 }
 
-#[derive(Clone)]
 struct PeerLink {
     url: String,
     channel: tonic::transport::Channel,
@@ -112,27 +111,29 @@ impl Shared {
         tokio::time::timeout(limit, waiting).await.unwrap_or(true)
     }
 
-    /// The connection and forwarding stream to `id`, at its peer URL in
-    /// the member table.
-    fn peer_link(&self, id: NodeId) -> Option<PeerLink> {
+    /// What `pick` takes from the connection and forwarding stream to `id`,
+    /// at its peer URL in the member table (only that is cloned: the
+    /// forwarding path runs for every write a follower takes).
+    fn peer_link<T>(&self, id: NodeId, pick: impl FnOnce(&PeerLink) -> T) -> Option<T> {
         let (table, _) = self.membership();
         let url = membership::record(&table, id)?.peer_urls.first()?.clone();
         let mut forwarders = self.forwarders.lock().expect("not poisoned");
         if let Some(link) = forwarders.get(&id)
             && link.url == url
         {
-            return Some(link.clone());
+            return Some(pick(link));
         }
         let channel = super::transport::peer_endpoint(&url).ok()?.connect_lazy();
         let forwarder = Forwarder::start(self.settings.cluster_id, self.settings.member_id, channel.clone());
         let link = PeerLink { url, channel, forwarder };
-        forwarders.insert(id, link.clone());
-        Some(link)
+        let picked = pick(&link);
+        forwarders.insert(id, link);
+        Some(picked)
     }
 
     /// A client of member `id`'s peer service.
     pub fn peer_client(&self, id: NodeId) -> Option<RaftPeerClient<tonic::transport::Channel>> {
-        self.peer_link(id).map(|link| RaftPeerClient::new(link.channel))
+        self.peer_link(id, |link| RaftPeerClient::new(link.channel.clone()))
     }
 
     pub fn header(&self, revision: i64, raft_term: u64) -> ResponseHeader {
@@ -260,7 +261,7 @@ impl Shared {
         command: &Command,
         deadline: tokio::time::Instant,
     ) -> Result<WriteResult, ForwardError> {
-        let forwarder = self.peer_link(leader).ok_or(ForwardError::NotAppended)?.forwarder;
+        let forwarder = self.peer_link(leader, |link| link.forwarder.clone()).ok_or(ForwardError::NotAppended)?;
         let answer = tokio::time::timeout_at(deadline, forwarder.forward(command.clone()));
         answer.await.map_err(|_| ForwardError::Failed(timed_out()))?
     }

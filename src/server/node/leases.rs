@@ -92,10 +92,12 @@ impl Node {
 
     /// A lease command was applied: the leader's clock follows it.
     pub(super) fn lease_applied(&mut self, command: &Command) {
-        let now = self.now();
+        // Every applied command comes through here: the clock is read only
+        // for a grant.
+        let now = || (self.clock)();
         let Some(lessor) = self.lessor.as_mut() else { return };
         match &command.request {
-            Some(command::Request::LeaseGrant(req)) => lessor.granted(req.id, req.ttl, now),
+            Some(command::Request::LeaseGrant(req)) => lessor.granted(req.id, req.ttl, now()),
             Some(command::Request::LeaseRevoke(req)) => lessor.revoked(req.id),
             // Checkpoints (this leader's own, or resets it asked for) record
             // what its clock already knows.

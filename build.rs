@@ -1,5 +1,6 @@
 //! Compiles the wire contracts in `proto/` with a vendored protoc, so a fresh
-//! machine needs no protobuf installation.
+//! machine needs no protobuf installation, and the JSON mapping of etcd's
+//! messages for the gateway.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
@@ -15,8 +16,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_protos(&records, &["proto"])?;
     // The services (and their messages) with gRPC stubs; the records they
     // use are the ones generated above.
+    let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("etcd_descriptors.bin");
     tonic_prost_build::configure()
         .bytes(".")
+        .file_descriptor_set_path(&descriptors)
         .extern_path(".raftpb", "crate::proto")
         .extern_path(".mvccpb", "crate::proto::mvccpb")
         .extern_path(".raftkvpb", "crate::proto::raftkvpb")
@@ -24,5 +27,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &["proto/etcd/rpc.proto", "proto/etcd/v3lock.proto", "proto/etcd/v3election.proto", "proto/peer.proto"],
             &["proto"],
         )?;
+    // etcd's JSON gateway: serde impls with the protobuf JSON mapping
+    // (base64 bytes, 64-bit integers as strings, enums by name) under the
+    // proto's own field names, as etcd's grpc-gateway (`OrigName`) writes
+    // them; unknown fields are ignored, as there.
+    pbjson_build::Builder::new()
+        .register_descriptors(&std::fs::read(&descriptors)?)?
+        .preserve_proto_field_names()
+        .ignore_unknown_fields()
+        .build(&[".etcdserverpb", ".mvccpb", ".v3lockpb", ".v3electionpb"])?;
     Ok(())
 }

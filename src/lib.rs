@@ -15,6 +15,7 @@
 pub mod bench;
 pub mod client;
 pub mod kv;
+pub mod logging;
 pub mod proto;
 pub mod raft;
 pub mod server;

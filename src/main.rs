@@ -10,6 +10,7 @@ use raftkv::bench::{BenchArgs, Workload};
 use raftkv::client::DEV_ENDPOINTS;
 use raftkv::client::{Client, ClientError, ResumingWatch, output};
 use raftkv::kv::prefix_end;
+use raftkv::logging::{LogFormat, LogLevel};
 use raftkv::proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, WatchCreateRequest, WatchResponse};
 use raftkv::server::{self, ServerArgs};
 use tokio::sync::watch;
@@ -23,6 +24,14 @@ Start a local 3-member cluster with `raftkv dev`, then try `raftkv put greeting 
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// What to log (etcd's levels): debug, info, warn, error. Default: info
+    /// for `server` and `dev`, warn for the client commands. RAFTKV_LOG, a
+    /// full tracing filter, wins when set.
+    #[arg(long, global = true, env = "RAFTKV_LOG_LEVEL", value_enum)]
+    log_level: Option<LogLevel>,
+    /// text (for people) or json (one object per line, for log pipelines).
+    #[arg(long, global = true, env = "RAFTKV_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -303,14 +312,11 @@ fn with_read_hint(e: ClientError, serializable: bool) -> anyhow::Error {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = match cli.command {
-        Command::Server { .. } | Command::Dev { .. } => "info",
-        _ => "warn",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RAFTKV_LOG").unwrap_or_else(|_| level.into());
-    // Colours only for a person at a terminal, not in log files.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    let level = cli.log_level.unwrap_or(match cli.command {
+        Command::Server { .. } | Command::Dev { .. } => LogLevel::Info,
+        _ => LogLevel::Warn,
+    });
+    raftkv::logging::init(level, cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

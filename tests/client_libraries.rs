@@ -22,7 +22,7 @@ fn clients_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
 }
 
-/// Runs `program args` (bounded: the scripts stop themselves within 20 s)
+/// Runs `program args` (bounded: the scripts stop themselves within 90 s)
 /// and asserts that it passed, showing what it printed if not.
 fn assert_passes(mut command: Command, what: &str, cluster: &Cluster) {
     let out = command.output().unwrap_or_else(|e| panic!("{what}: cannot run ({e}); run scripts/install-deps"));

@@ -24,6 +24,10 @@ pub struct ServerArgs {
     /// Comma-separated URLs to serve clients (gRPC and HTTP) on.
     #[arg(long, env = "RAFTKV_LISTEN_CLIENT_URLS")]
     pub listen_client_urls: Option<String>,
+    /// Comma-separated URLs to serve only `/metrics` and `/health` on (etcd's
+    /// flag), for a monitoring network apart from the clients'.
+    #[arg(long, env = "RAFTKV_LISTEN_METRICS_URLS")]
+    pub listen_metrics_urls: Option<String>,
     /// Comma-separated client URLs this member tells others about.
     #[arg(long, env = "RAFTKV_ADVERTISE_CLIENT_URLS")]
     pub advertise_client_urls: Option<String>,
@@ -149,6 +153,8 @@ pub struct Settings {
     pub join: Vec<String>,
     pub data_dir: PathBuf,
     pub client_addrs: Vec<SocketAddr>,
+    /// Where `/metrics` and `/health` are also served (`--listen-metrics-urls`).
+    pub metrics_addrs: Vec<SocketAddr>,
     pub advertise_client_urls: Vec<String>,
     pub peer_addrs: Vec<SocketAddr>,
     /// --initial-cluster's members: a new cluster's first table, or (joining)
@@ -183,6 +189,7 @@ impl ServerArgs {
             name: self.name.or(file.name),
             data_dir: self.data_dir.or(file.data_dir),
             listen_client_urls: self.listen_client_urls.or(file.listen_client_urls),
+            listen_metrics_urls: self.listen_metrics_urls.or(file.listen_metrics_urls),
             advertise_client_urls: self.advertise_client_urls.or(file.advertise_client_urls),
             listen_peer_urls: self.listen_peer_urls.or(file.listen_peer_urls),
             initial_advertise_peer_urls: self.initial_advertise_peer_urls.or(file.initial_advertise_peer_urls),
@@ -213,6 +220,10 @@ impl ServerArgs {
         let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from(format!("{name}.raftkv")));
         let client_urls = split(self.listen_client_urls.as_deref().unwrap_or("http://127.0.0.1:2379"));
         let client_addrs = socket_addrs("listen-client-urls", &client_urls)?;
+        let metrics_addrs = match self.listen_metrics_urls.as_deref() {
+            Some(urls) => socket_addrs("listen-metrics-urls", &split(urls))?,
+            None => Vec::new(),
+        };
         let advertise_client_urls =
             self.advertise_client_urls.map(|s| split(&s)).unwrap_or_else(|| client_urls.clone());
         let peer_urls = split(self.listen_peer_urls.as_deref().unwrap_or("http://127.0.0.1:2380"));
@@ -302,6 +313,7 @@ impl ServerArgs {
             name,
             data_dir,
             client_addrs,
+            metrics_addrs,
             advertise_client_urls,
             peer_addrs,
             members,

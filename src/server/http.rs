@@ -22,9 +22,13 @@
 //! - `GET /health`: etcd 3.4's answer, `{"health":"true"}` (200) or
 //!   `{"health":"false"}` (503): false while an alarm is raised, with no
 //!   leader, or when a linearizable read does not complete within 1 s;
+//! - `GET /livez`, `GET /readyz`: the probes of [`super::probes`];
+//! - `GET /` (or `/ui`): the live cluster page, refreshed from
+//!   `GET /v1/cluster` ([`super::ui`]);
 //! - `GET /metrics`: Prometheus metrics under etcd's names
 //!   ([`super::metrics`]);
 //! - `GET /version`: the etcd version whose API is served, and raftkv's own;
+//! - `POST /v3/...`: etcd's JSON gateway ([`super::gateway`]);
 //! - anything else: 404 (gRPC requests get gRPC's "unimplemented").
 //!
 //! A member that cannot reach a majority answers writes and linearizable
@@ -64,8 +68,16 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .merge(super::membership::http::routes())
         .merge(super::lease::http::routes())
+        .merge(super::gateway::routes())
+        .merge(super::probes::routes())
+        .merge(super::ui::routes())
         .layer(body_limit)
         .with_state(shared)
+}
+
+/// What `--listen-metrics-urls` serves: `/metrics` and `/health`, as etcd.
+pub fn metrics_router(shared: Arc<Shared>) -> Router {
+    Router::new().route("/metrics", get(metrics)).route("/health", get(etcd_health)).with_state(shared)
 }
 
 pub(crate) struct HttpError(pub StatusCode, pub String);

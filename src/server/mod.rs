@@ -12,7 +12,9 @@ pub mod concurrency;
 pub mod config;
 pub mod encoded_range;
 pub mod forward;
+pub mod gateway;
 pub mod grpc;
+pub mod grpc_metrics;
 pub mod http;
 pub mod join;
 pub mod lease;
@@ -20,16 +22,19 @@ pub mod maintenance;
 pub mod membership;
 pub mod metrics;
 pub mod node;
+pub mod probes;
 pub mod recovery;
 pub mod shared;
 pub mod snapshots;
 pub mod transport;
+pub mod ui;
 pub mod watch;
 pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -206,11 +211,19 @@ fn open(settings: &Settings, joined: Option<Joined>) -> Result<Opened, ServerErr
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ServerError> + Send + 'static,
 ) -> Result<T, ServerError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ServerError::Thread(e.to_string()))?
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f)).await.map_err(|e| ServerError::Thread(e.to_string()))?
 }
 
-/// Runs a member until `stop` turns true (or its storage fails).
-pub async fn serve(mut settings: Settings, stop: signal::Receiver<bool>) -> Result<(), ServerError> {
+/// Runs a member until `stop` turns true (or its storage fails). Its log
+/// lines carry its name (the `member` span), also from the Raft loop's
+/// thread, the peer links and the background tasks it starts.
+pub async fn serve(settings: Settings, stop: signal::Receiver<bool>) -> Result<(), ServerError> {
+    let span = tracing::info_span!("member", member = %settings.name);
+    serve_member(settings, stop).instrument(span).await
+}
+
+async fn serve_member(mut settings: Settings, stop: signal::Receiver<bool>) -> Result<(), ServerError> {
     let checking = settings.clone();
     let joined = match blocking(move || identity(&checking)).await? {
         // A member that joined has ids the cluster gave it.
@@ -233,18 +246,20 @@ pub async fn serve(mut settings: Settings, stop: signal::Receiver<bool>) -> Resu
     let Opened { raft, store, kv, snapshot_dir, snapshotter } = blocking(move || open(&opening, joined)).await?;
 
     let (node_tx, node_rx) = mpsc::channel(64 * 1024);
-    let snapshots = snapshots::SnapshotSender::new(settings.cluster_id, snapshot_dir.clone(), node_tx.downgrade());
+    let metrics = Arc::new(metrics::Metrics::new(settings.member_id));
+    let snapshots =
+        snapshots::SnapshotSender::new(settings.cluster_id, snapshot_dir.clone(), node_tx.downgrade(), metrics.clone());
     let peer_runtime = PeerRuntime::start()?;
     let transport = {
         let _on_peer_runtime = peer_runtime.handle().enter();
         let table = kv.membership().clone();
-        transport::Transport::start(settings.cluster_id, settings.member_id, &table, snapshots, node_tx.downgrade())
+        let (cluster, me) = (settings.cluster_id, settings.member_id);
+        transport::Transport::start(cluster, me, &table, snapshots, node_tx.downgrade(), metrics.clone())
     };
     let (status_tx, status_rx) = signal::channel(node::NodeStatus::default());
     let requests = node_tx.downgrade();
     let (applied_tx, applied_rx) = signal::channel(kv.clone());
     let defragmenter = store.defragmenter();
-    let metrics = Arc::new(metrics::Metrics::new(settings.member_id));
     let shared = Arc::new(shared::Shared::new(
         settings.clone(),
         snapshot_dir,
@@ -290,7 +305,8 @@ pub async fn serve(mut settings: Settings, stop: signal::Receiver<bool>) -> Resu
             .add_service(
                 WatchServer::new(watch::grpc::WatchService(shared.clone())).max_decoding_message_size(max_message),
             )
-            .into_axum_router();
+            .into_axum_router()
+            .layer(axum::middleware::from_fn_with_state(metrics.clone(), grpc_metrics::count));
         // Unknown paths: gRPC's "unimplemented" for gRPC requests, a plain
         // 404 for everyone else (a health probe must not see success).
         let app = grpc.merge(http::router(shared.clone())).fallback(http::not_found);
@@ -310,9 +326,24 @@ pub async fn serve(mut settings: Settings, stop: signal::Receiver<bool>) -> Resu
                 .map_err(|source| ServerError::Serve { what: "client", source })
         });
     }
-    let compactor = tokio::spawn(compactor::run(shared.clone(), settings.auto_compaction.clone(), stop.clone()));
-    let publisher = tokio::spawn(join::publish(shared.clone()));
-    let leader_changes = tokio::spawn(metrics::count_leader_changes(shared.clone()));
+    for &addr in &settings.metrics_addrs {
+        let listener =
+            TcpListener::bind(addr).await.map_err(|source| ServerError::Listen { what: "metrics", addr, source })?;
+        let app = http::metrics_router(shared.clone()).fallback(http::not_found);
+        let mut stop = stop.clone();
+        servers.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .map_err(|source| ServerError::Serve { what: "metrics", source })
+        });
+    }
+    let compacting = compactor::run(shared.clone(), settings.auto_compaction.clone(), stop.clone());
+    let compactor = tokio::spawn(compacting.instrument(tracing::Span::current()));
+    let publisher = tokio::spawn(join::publish(shared.clone()).instrument(tracing::Span::current()));
+    let leader_changes = tokio::spawn(metrics::record_leader_changes(shared.clone()));
     let promoter = (!settings.join.is_empty()).then(|| tokio::spawn(join::promote_self(shared.clone())));
     tracing::info!(
         name = settings.name,
@@ -396,9 +427,11 @@ async fn run_node_thread(
     stop: signal::Receiver<bool>,
 ) -> Result<(), ServerError> {
     let (done, result) = tokio::sync::oneshot::channel();
+    let span = tracing::Span::current();
     std::thread::Builder::new()
         .name("raft-loop".into())
         .spawn(move || {
+            let _member = span.enter();
             let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build();
             let outcome = match runtime {
                 Ok(runtime) => runtime.block_on(node.run(requests, tick, stop)),

@@ -54,6 +54,8 @@ pub struct Shared {
     /// Ids for leases granted here without one.
     pub lease_ids: super::lease::IdGenerator,
     pub metrics: Arc<super::metrics::Metrics>,
+    /// What the cluster page shows beyond the metrics.
+    pub ui: super::ui::Observed,
 }
 
 struct PeerLink {
@@ -86,6 +88,7 @@ impl Shared {
             defragmenter,
             forwarders: Mutex::default(),
             metrics,
+            ui: Default::default(),
         }
     }
 
@@ -262,12 +265,14 @@ impl Shared {
         deadline: tokio::time::Instant,
     ) -> Result<WriteResult, ForwardError> {
         let forwarder = self.peer_link(leader, |link| link.forwarder.clone()).ok_or(ForwardError::NotAppended)?;
+        self.metrics.forwarded_writes.inc();
         let answer = tokio::time::timeout_at(deadline, forwarder.forward(command.clone()));
         answer.await.map_err(|_| ForwardError::Failed(timed_out()))?
     }
 
     /// Serves a read: linearizable through ReadIndex, or from local state.
     pub async fn range(&self, req: RangeRequest) -> Result<(RangeResponse, i64), Status> {
+        self.metrics.reads.inc();
         let linearizable = !req.serializable;
         let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
         loop {

@@ -24,6 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use super::config::Member;
+use super::metrics::Metrics;
 use super::node::Request;
 use super::shared::Shared;
 use crate::kv::KvStore;
@@ -45,12 +46,18 @@ pub struct SnapshotSender {
     active: Arc<Mutex<HashMap<NodeId, u64>>>,
     /// The server's runtime: `send` is called from the node's own thread.
     runtime: tokio::runtime::Handle,
+    metrics: Arc<Metrics>,
 }
 
 impl SnapshotSender {
-    pub fn new(cluster_id: u64, dir: Arc<SnapshotDir>, report: mpsc::WeakSender<Request>) -> SnapshotSender {
+    pub fn new(
+        cluster_id: u64,
+        dir: Arc<SnapshotDir>,
+        report: mpsc::WeakSender<Request>,
+        metrics: Arc<Metrics>,
+    ) -> SnapshotSender {
         let runtime = tokio::runtime::Handle::current();
-        SnapshotSender { cluster_id, dir, peers: HashMap::new(), report, active: Arc::default(), runtime }
+        SnapshotSender { cluster_id, dir, peers: HashMap::new(), report, active: Arc::default(), runtime, metrics }
     }
 
     /// Where each member is reached, as the member table says.
@@ -68,18 +75,22 @@ impl SnapshotSender {
             tracing::debug!(to, "a snapshot transfer is already running to this follower");
             return;
         }
+        let offer_term = m.term;
         let offer =
             SnapshotOffer { cluster_id: self.cluster_id, from: m.from, to, term: m.term, meta: Some(meta), size: 0 };
         let (dir, report, active) = (self.dir.clone(), self.report.clone(), self.active.clone());
-        self.runtime.spawn(async move {
+        let metrics = self.metrics.clone();
+        let sending = async move {
             let started = Instant::now();
             let meta = offer.meta.clone().unwrap_or_default();
             let path = dir.file_path(meta.index, meta.term);
             let ok = match transfer(&peer, offer, &path).await {
                 Ok(bytes) => {
+                    metrics.snapshots_sent.inc();
                     tracing::info!(
                         to = format!("{:x}", peer.id),
                         index = meta.index,
+                        term = offer_term,
                         bytes,
                         took_ms = started.elapsed().as_millis() as u64,
                         "sent a snapshot"
@@ -95,7 +106,9 @@ impl SnapshotSender {
             if let Some(report) = report.upgrade() {
                 let _ = report.send(Request::SnapshotReport { to, ok }).await;
             }
-        });
+        };
+        // The member's log span (its name) follows the transfer.
+        self.runtime.spawn(tracing::Instrument::instrument(sending, tracing::Span::current()));
     }
 }
 

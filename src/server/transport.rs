@@ -20,6 +20,7 @@ use tonic::transport::Endpoint;
 
 use super::config::Member;
 use super::membership;
+use super::metrics::Metrics;
 use super::node::Request;
 use super::snapshots::SnapshotSender;
 use super::wire::to_wire;
@@ -60,6 +61,7 @@ pub struct Transport {
     node: mpsc::WeakSender<Request>,
     /// The peer runtime, where links run (members change on the node's thread).
     runtime: tokio::runtime::Handle,
+    metrics: Arc<Metrics>,
 }
 
 /// The sending end of one peer's queue, with the bytes it holds. Each
@@ -97,9 +99,10 @@ impl Transport {
         table: &Membership,
         snapshots: SnapshotSender,
         node: mpsc::WeakSender<Request>,
+        metrics: Arc<Metrics>,
     ) -> Transport {
         let runtime = tokio::runtime::Handle::current();
-        let mut transport = Transport { cluster_id, me, links: HashMap::new(), snapshots, node, runtime };
+        let mut transport = Transport { cluster_id, me, links: HashMap::new(), snapshots, node, runtime, metrics };
         transport.set_members(table);
         transport
     }
@@ -108,7 +111,10 @@ impl Transport {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let queue = LinkQueue { rx, queued: queued.clone() };
-        self.runtime.spawn(run_link(member.clone(), queue, self.node.clone()));
+        let failures = self.metrics.peer_sent_failures.with_label_values(&[&format!("{:x}", member.id)]);
+        let link = run_link(member.clone(), queue, self.node.clone(), failures);
+        // The member's log span (its name) follows the link.
+        self.runtime.spawn(tracing::Instrument::instrument(link, tracing::Span::current()));
         self.links.insert(member.id, (member.peer_url, LinkSender { tx, queued }));
     }
 }
@@ -170,7 +176,12 @@ pub fn peer_endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
         .keep_alive_while_idle(true))
 }
 
-async fn run_link(peer: Member, mut queue: LinkQueue, node: mpsc::WeakSender<Request>) {
+async fn run_link(
+    peer: Member,
+    mut queue: LinkQueue,
+    node: mpsc::WeakSender<Request>,
+    sent_failures: prometheus::IntCounter,
+) {
     let mut backoff = Duration::from_millis(50);
     let mut failures = 0u32;
     let endpoint = match peer_endpoint(&peer.peer_url) {
@@ -184,6 +195,7 @@ async fn run_link(peer: Member, mut queue: LinkQueue, node: mpsc::WeakSender<Req
         let channel = match endpoint.connect().await {
             Ok(channel) => channel,
             Err(e) => {
+                sent_failures.inc();
                 if failures.is_power_of_two() {
                     tracing::warn!(
                         peer = format!("{:x}", peer.id),
@@ -230,6 +242,7 @@ async fn run_link(peer: Member, mut queue: LinkQueue, node: mpsc::WeakSender<Req
         // A stream that ends at once (a peer that accepts and closes, as a
         // proxy in front of a dead member does) counts as a failed attempt:
         // it backs off and is logged at powers of two, like a refused connect.
+        sent_failures.inc();
         if connected.elapsed() >= STABLE {
             failures = 0;
             backoff = Duration::from_millis(50);

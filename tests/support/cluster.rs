@@ -41,7 +41,7 @@ pub struct Cluster {
 /// (32768 and up), where proxies and outgoing connections get theirs, and
 /// never handed out twice by this process: between picking a port and the
 /// member binding it, nothing else in the test run takes it.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicU64, Ordering};
     static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());

@@ -3,6 +3,7 @@
 
 pub mod chaos;
 pub mod cluster;
+pub mod etcd;
 pub mod etcdctl;
 pub mod linearizability;
 pub mod lines;

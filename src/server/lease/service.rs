@@ -3,7 +3,8 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{MAX_TTL, renew, time_to_live};
@@ -42,6 +43,36 @@ pub async fn leases(shared: &Shared) -> Result<Vec<i64>, Status> {
     Ok(kv.leases().iter().map(|(id, _)| id).collect())
 }
 
+/// Answers each keep-alive of `incoming` in order, as etcd does, until the
+/// client's requests end or it stops reading; a renewal that could not be
+/// made (no leader in time) ends the stream with its error, and the client
+/// opens a new one. Shared by gRPC and the JSON gateway.
+pub fn keep_alive<R>(shared: Arc<Shared>, mut incoming: R) -> ReceiverStream<Result<LeaseKeepAliveResponse, Status>>
+where
+    R: Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Send + Unpin + 'static,
+{
+    let (answers, stream) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                next = incoming.next() => next,
+                _ = answers.closed() => return,
+            };
+            let Some(Ok(req)) = next else { return };
+            let answer = renew(&shared, req.id).await.map(|ttl| {
+                let revision = shared.status.borrow().revision;
+                let term = shared.status.borrow().term;
+                LeaseKeepAliveResponse { header: Some(shared.header(revision, term)), id: req.id, ttl }
+            });
+            let failed = answer.is_err();
+            if answers.send(answer).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(stream)
+}
+
 #[tonic::async_trait]
 impl Lease for LeaseService {
     async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
@@ -65,35 +96,11 @@ impl Lease for LeaseService {
 
     type LeaseKeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
 
-    /// Answers each keep-alive in order, as etcd does; a renewal that could
-    /// not be made (no leader in time) ends the stream with its error, and
-    /// the client opens a new one.
     async fn lease_keep_alive(
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        let mut incoming = request.into_inner();
-        let (answers, stream) = tokio::sync::mpsc::channel(16);
-        let shared = self.0.clone();
-        tokio::spawn(async move {
-            loop {
-                let next = tokio::select! {
-                    next = incoming.message() => next,
-                    _ = answers.closed() => return,
-                };
-                let Ok(Some(req)) = next else { return };
-                let answer = renew(&shared, req.id).await.map(|ttl| {
-                    let revision = shared.status.borrow().revision;
-                    let term = shared.status.borrow().term;
-                    LeaseKeepAliveResponse { header: Some(shared.header(revision, term)), id: req.id, ttl }
-                });
-                let failed = answer.is_err();
-                if answers.send(answer).await.is_err() || failed {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(stream))))
+        Ok(Response::new(Box::pin(keep_alive(self.0.clone(), request.into_inner()))))
     }
 
     async fn lease_time_to_live(

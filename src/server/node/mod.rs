@@ -351,6 +351,9 @@ impl Node {
 
     /// What every turn ends with, whatever its input was.
     fn end_turn(&mut self) -> Result<(), ServerError> {
+        if self.reads.unsent() > 0 {
+            self.metrics.read_index_batch.observe(self.reads.unsent() as f64);
+        }
         self.reads.start_round(&mut self.raft, self.ticks);
         self.tend_leases();
         self.drain_readies()?;
@@ -450,8 +453,14 @@ impl Node {
             self.store.persist(LogWrite::from_ready(&rd))?;
             let took = started.elapsed();
             self.metrics.wal_fsync.observe(took.as_secs_f64());
+            self.metrics.backend_commit.observe(took.as_secs_f64());
             if took > SLOW_TURN {
-                tracing::warn!(took_ms = took.as_millis() as u64, entries = rd.entries.len(), "slow synced log write");
+                tracing::warn!(
+                    took_ms = took.as_millis() as u64,
+                    entries = rd.entries.len(),
+                    term = self.raft.term(),
+                    "slow synced log write"
+                );
             }
         }
         if let (Some(kv), Some(meta)) = (installing, &rd.snapshot) {
@@ -461,8 +470,18 @@ impl Node {
         for m in rd.persisted_messages.drain(..) {
             self.outbox.send(m);
         }
-        for entry in std::mem::take(&mut rd.committed_entries) {
-            self.apply(entry);
+        let committed = std::mem::take(&mut rd.committed_entries);
+        if !committed.is_empty() {
+            let (applying, entries) = (std::time::Instant::now(), committed.len());
+            for entry in committed {
+                self.apply(entry);
+            }
+            let took = applying.elapsed();
+            if took > SLOW_TURN {
+                self.metrics.slow_apply.inc();
+                let took_ms = took.as_millis() as u64;
+                tracing::warn!(took_ms, entries, term = self.raft.term(), "slow apply of committed entries");
+            }
         }
         for ReadState { ctx, index } in std::mem::take(&mut rd.read_states) {
             self.reads.round_done(&ctx, index);
@@ -500,8 +519,11 @@ impl Node {
                 return Ok(());
             }
         };
+        self.metrics.snapshot_duration.observe(taken.took.as_secs_f64());
+        self.metrics.snapshot_size.set(taken.bytes as i64);
         tracing::info!(
             index = taken.meta.index,
+            term = self.raft.term(),
             keys = taken.records,
             bytes = taken.bytes,
             took_ms = taken.took.as_millis() as u64,
@@ -516,7 +538,7 @@ impl Node {
             let point = SnapshotMeta { index: to, term, conf: taken.meta.conf.clone() };
             self.store.compact(&point)?;
             self.raft.compact(to);
-            tracing::info!(up_to = to, "log compacted");
+            tracing::info!(up_to = to, term = self.raft.term(), "log compacted");
         }
         self.snapshotter.prune();
         Ok(())
@@ -524,7 +546,14 @@ impl Node {
 
     /// The leader's snapshot replaced this member's state and log.
     fn snapshot_installed(&mut self, meta: &SnapshotMeta) {
-        tracing::info!(index = meta.index, term = meta.term, keys = self.kv.len(), "installed the leader's snapshot");
+        self.metrics.snapshots_received.inc();
+        tracing::info!(
+            index = meta.index,
+            snapshot_term = meta.term,
+            term = self.raft.term(),
+            keys = self.kv.len(),
+            "installed the leader's snapshot"
+        );
         self.snapshotter.installed(meta.index);
         let table = (**self.kv.membership()).clone();
         if !table.members.is_empty() {
@@ -665,7 +694,11 @@ impl Node {
         let previous = self.status.borrow().clone();
         if previous.leader != status.leader {
             match status.leader {
-                Some(leader) => tracing::info!(leader = format!("{leader:x}"), term = status.term, "leader elected"),
+                Some(leader) => {
+                    // Counted where it is logged, so the two always agree.
+                    self.metrics.leader_changes.inc();
+                    tracing::info!(leader = format!("{leader:x}"), term = status.term, "leader elected")
+                }
                 None => tracing::info!(term = status.term, "no leader"),
             }
         }
@@ -683,7 +716,25 @@ impl Node {
             self.applied.send_replace(self.kv.clone());
         }
         if previous != status {
+            self.publish_gauges(&previous, &status);
             self.status.send_replace(status);
+        }
+    }
+
+    /// What `/metrics` reads of the node's own state, set when it changes.
+    fn publish_gauges(&self, previous: &NodeStatus, status: &NodeStatus) {
+        let metrics = &self.metrics;
+        metrics.proposals_pending.set(self.proposals.pending_entries() as i64);
+        let (first, last) = (self.raft.first_index(), self.raft.last_index());
+        metrics.log_entries.set((last + 1).saturating_sub(first) as i64);
+        let me = self.raft.id();
+        if status.leader == Some(me) {
+            for &id in status.conf.voters.iter().chain(&status.conf.learners).filter(|&&id| id != me) {
+                let lag = last.saturating_sub(self.raft.match_index(id).unwrap_or(0));
+                metrics.follower_lag.with_label_values(&[&format!("{id:x}")]).set(lag as i64);
+            }
+        } else if previous.leader == Some(me) {
+            metrics.follower_lag.reset();
         }
     }
 }

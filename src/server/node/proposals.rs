@@ -72,6 +72,11 @@ impl Proposals {
         });
     }
 
+    /// Log entries proposed here whose outcome someone still waits for.
+    pub fn pending_entries(&self) -> usize {
+        self.by_index.len()
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.by_index.values().map(Vec::len).sum()

@@ -60,6 +60,11 @@ impl Reads {
         }
     }
 
+    /// Reads queued for the next round.
+    pub fn unsent(&self) -> usize {
+        self.unsent.len()
+    }
+
     pub fn queue(&mut self, read: PendingRead) {
         self.unsent.push(read);
     }

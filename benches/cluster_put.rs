@@ -22,7 +22,7 @@ fn cluster_put(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    let settings = server::config::local_cluster(dir.path(), &ports, "bench").unwrap();
+    let settings = server::config::local_cluster(dir.path(), &ports, "bench", None).unwrap();
     let endpoints: Vec<String> = ports.iter().map(|(client, _)| format!("http://127.0.0.1:{client}")).collect();
     let (stop, stopped) = watch::channel(false);
     let members: Vec<_> = settings.into_iter().map(|s| runtime.spawn(server::serve(s, stopped.clone()))).collect();

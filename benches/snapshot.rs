@@ -114,7 +114,7 @@ fn startup(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let ports = [(free_port(), free_port())];
-    let mut settings = server::config::local_cluster(tmp.path(), &ports, "bench-startup").unwrap().remove(0);
+    let mut settings = server::config::local_cluster(tmp.path(), &ports, "bench-startup", None).unwrap().remove(0);
     // No new snapshot after the replay: every start recovers the same data.
     settings.snapshot_entries = 1 << 40;
     prepare_member(&settings);

@@ -22,3 +22,4 @@ pub mod server;
 pub mod shell;
 pub mod snapshot;
 pub mod storage;
+pub mod tls;

@@ -32,6 +32,31 @@ struct Cli {
     /// text (for people) or json (one object per line, for log pipelines).
     #[arg(long, global = true, env = "RAFTKV_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    #[command(flatten)]
+    tls: ClientTls,
+}
+
+/// How the client commands connect to `https://` endpoints (etcdctl's flags).
+#[derive(clap::Args)]
+struct ClientTls {
+    /// The CA (PEM) the servers' certificates must be signed by (default:
+    /// the system's roots).
+    #[arg(id = "tls_cacert", long = "cacert", global = true, env = "RAFTKV_CACERT")]
+    cacert: Option<PathBuf>,
+    /// This client's certificate (PEM), for servers with --client-cert-auth.
+    #[arg(id = "tls_cert", long = "cert", global = true, env = "RAFTKV_CERT", requires = "tls_key")]
+    cert: Option<PathBuf>,
+    /// The key of --cert (PEM).
+    #[arg(id = "tls_key", long = "key", global = true, env = "RAFTKV_KEY", requires = "tls_cert")]
+    key: Option<PathBuf>,
+    /// Do not verify the servers' certificates (for --auto-tls servers).
+    #[arg(
+        id = "tls_insecure",
+        long = "insecure-skip-tls-verify",
+        global = true,
+        env = "RAFTKV_INSECURE_SKIP_TLS_VERIFY"
+    )]
+    insecure_skip_tls_verify: bool,
 }
 
 #[derive(Subcommand)]
@@ -56,6 +81,10 @@ enum Command {
         /// How many members: 1, 3 or 5.
         #[arg(long, default_value_t = 3, value_parser = dev_size)]
         members: usize,
+        /// Serve both ports over mutual TLS, with a CA and certificates made
+        /// in DIR/tls (kept and reused; their paths are printed).
+        #[arg(long)]
+        tls: bool,
     },
     /// Write a key.
     Put {
@@ -317,6 +346,22 @@ fn main() -> ExitCode {
         _ => LogLevel::Warn,
     });
     raftkv::logging::init(level, cli.log_format);
+    if !matches!(cli.command, Command::Server { .. } | Command::Dev { .. }) {
+        let tls = raftkv::tls::TlsInfo {
+            cert_file: cli.tls.cert,
+            key_file: cli.tls.key,
+            trusted_ca_file: cli.tls.cacert,
+            insecure_skip_verify: cli.tls.insecure_skip_tls_verify,
+            ..Default::default()
+        };
+        match raftkv::tls::Dialer::new(&tls) {
+            Ok(dialer) => raftkv::client::use_tls(dialer),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -364,7 +409,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             let stop = stop_on_signal();
             server::serve(settings, stop).await?;
         }
-        Command::Dev { dir, members } => dev(dir, members).await?,
+        Command::Dev { dir, members, tls } => dev(dir, members, tls).await?,
         Command::Put { key, value, lease, conn } => {
             let mut client = Client::connect(&conn.endpoints).await?;
             let req =
@@ -558,21 +603,42 @@ fn dev_size(s: &str) -> Result<usize, String> {
     }
 }
 
-async fn dev(dir: PathBuf, size: usize) -> anyhow::Result<()> {
+async fn dev(dir: PathBuf, size: usize, tls: bool) -> anyhow::Result<()> {
     let ports: Vec<(u16, u16)> = (0..size as u16)
         .map(|i| if i == 0 { (2379, 2380) } else { (i * 10_000 + 12379, i * 10_000 + 12380) })
         .collect();
-    let endpoints: Vec<String> = ports.iter().map(|(client, _)| format!("http://127.0.0.1:{client}")).collect();
+    let scheme = if tls { "https" } else { "http" };
+    let endpoints: Vec<String> = ports.iter().map(|(client, _)| format!("{scheme}://127.0.0.1:{client}")).collect();
     let endpoints = endpoints.join(",");
-    let settings = server::config::local_cluster(&dir, &ports, "raftkv-dev")?;
+    let certs = if tls { Some(dev_certificates(&dir.join("tls"))?) } else { None };
+    let settings = server::config::local_cluster(&dir, &ports, "raftkv-dev", certs.as_ref().map(|(m, _)| m))?;
     let stop = stop_on_signal();
     let members = settings.into_iter().map(|s| tokio::spawn(server::serve(s, stop.clone())));
     let members: Vec<_> = members.collect();
+    let try_it = match &certs {
+        None => "  raftkv put greeting hello\n  raftkv get greeting\n  raftkv status\n  raftkv member list\n  \
+                 curl -s localhost:2379/v1/kv/greeting"
+            .to_string(),
+        Some((member, client)) => {
+            let path = |p: &Option<PathBuf>| p.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
+            let (ca, cert, key) = (path(&member.trusted_ca_file), path(&client.cert_file), path(&client.key_file));
+            format!(
+                "  export RAFTKV_ENDPOINTS={endpoints}\n  \
+                 export RAFTKV_CACERT={ca} RAFTKV_CERT={cert} RAFTKV_KEY={key}\n  \
+                 raftkv put greeting hello\n  raftkv get greeting\n  raftkv status\n  \
+                 etcdctl --endpoints {endpoints} --cacert {ca} --cert {cert} --key {key} get greeting\n  \
+                 curl --cacert {ca} --cert {cert} --key {key} https://127.0.0.1:2379/v1/kv/greeting\n\
+                 \nBoth ports speak mutual TLS: a client needs the CA ({ca}) and a certificate it signed\n\
+                 (yours: {cert}). The members' own: {}.",
+                path(&member.cert_file)
+            )
+        }
+    };
     println!(
         "raftkv dev cluster: {size} member{s}, data in {dir}\n\
          \n  endpoints: {endpoints}\n\
          \nTry, in another terminal:\n\
-         \n  raftkv put greeting hello\n  raftkv get greeting\n  raftkv status\n  raftkv member list\n  curl -s localhost:2379/v1/kv/greeting\n\
+         \n{try_it}\n\
          \nCtrl-C stops the cluster.",
         dir = dir.display(),
         s = if size == 1 { "" } else { "s" },
@@ -587,6 +653,28 @@ async fn dev(dir: PathBuf, size: usize) -> anyhow::Result<()> {
         Some(e) => Err(e.into()),
         None => Ok(()),
     }
+}
+
+/// The CA and certificates of `raftkv dev --tls` in `dir`, made the first
+/// time: the members' (for both ports) and a client's.
+fn dev_certificates(dir: &std::path::Path) -> anyhow::Result<(raftkv::tls::TlsInfo, raftkv::tls::TlsInfo)> {
+    use raftkv::tls::TlsInfo;
+    use raftkv::tls::generate::Authority;
+    let files = |cert: &str, key: &str| TlsInfo {
+        cert_file: Some(dir.join(cert)),
+        key_file: Some(dir.join(key)),
+        trusted_ca_file: Some(dir.join("ca.pem")),
+        ..TlsInfo::default()
+    };
+    let member = files("member.pem", "member-key.pem");
+    let client = files("client.pem", "client-key.pem");
+    let all = [&member, &client].into_iter().flat_map(|t| [&t.cert_file, &t.key_file, &t.trusted_ca_file]);
+    if !all.flatten().all(|p| p.exists()) {
+        let ca = Authority::create(dir, "ca")?;
+        ca.issue(dir, "member", "raftkv-dev-member", &["127.0.0.1", "localhost"])?;
+        ca.issue(dir, "client", "root", &["127.0.0.1", "localhost"])?;
+    }
+    Ok((member, client))
 }
 
 /// The range end for KEY alone, or for every key with the prefix KEY.

@@ -89,14 +89,19 @@ async fn metrics_carry_etcds_names_and_health_answers_as_etcd() {
 
     let deadline = Instant::now() + LIMIT;
     let mut leaders = 0;
-    let (mut puts_handled, mut puts_started) = (0.0, 0.0);
+    let (mut puts_handled, mut puts_started, mut puts_timed) = (0.0, 0.0, 0.0);
     for i in 0..3 {
         let page = loop {
             let page = metrics_of(&cluster, i).await;
-            if sample(&page, "etcd_debugging_mvcc_keys_total") == Some(10.0) {
+            // Each link times a probe as soon as it connects.
+            let probed = samples(&page)
+                .iter()
+                .filter(|(n, _, v)| n == "etcd_network_peer_round_trip_time_seconds_count" && *v > 0.0)
+                .count();
+            if sample(&page, "etcd_debugging_mvcc_keys_total") == Some(10.0) && probed == 2 {
                 break page;
             }
-            assert!(Instant::now() < deadline, "member {i} never showed 10 keys:\n{page}");
+            assert!(Instant::now() < deadline, "member {i} never showed 10 keys and 2 peers' round trips:\n{page}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         assert_eq!(sample(&page, "etcd_server_has_leader"), Some(1.0), "{page}");
@@ -127,13 +132,14 @@ async fn metrics_carry_etcds_names_and_health_answers_as_etcd() {
         }
         puts_handled += total(&page, "grpc_server_handled_total", &[("grpc_method", "Put"), ("grpc_code", "OK")]);
         puts_started += total(&page, "grpc_server_started_total", &[("grpc_method", "Put"), ("grpc_type", "unary")]);
+        puts_timed += total(&page, "grpc_server_handling_seconds_count", &[("grpc_method", "Put")]);
         let url = format!("{}/health", cluster.members[i].client_url);
         let health = tokio::task::spawn_blocking(move || get(&url)).await.unwrap();
         assert_eq!(health, (200, r#"{"health":"true"}"#.to_string()));
     }
     assert_eq!(leaders, 1, "exactly one member says it leads");
     // Every put was a gRPC call counted where it came in, and answered OK.
-    assert_eq!((puts_started, puts_handled), (10.0, 10.0));
+    assert_eq!((puts_started, puts_handled, puts_timed), (10.0, 10.0, 10.0));
     let url = format!("{}/readyz", cluster.members[leader].client_url);
     assert_eq!(tokio::task::spawn_blocking(move || get(&url)).await.unwrap(), (200, "ok".to_string()));
 

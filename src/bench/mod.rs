@@ -163,9 +163,8 @@ pub(crate) async fn connect(args: &BenchArgs) -> Result<(Vec<Channel>, Vec<Strin
 /// A connection of its own to `url`.
 pub(crate) async fn channel_to(url: &str) -> Result<Channel, ClientError> {
     let endpoint = Endpoint::from_shared(url.to_string()).map_err(|_| ClientError::BadEndpoint(url.to_string()))?;
-    endpoint
-        .tcp_nodelay(true)
-        .connect()
+    crate::client::dialer()
+        .connect(&endpoint.tcp_nodelay(true))
         .await
         .map_err(|e| ClientError::Unreachable { endpoints: url.to_string(), last: e.to_string() })
 }

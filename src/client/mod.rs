@@ -26,6 +26,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::tls::Dialer;
+
 use crate::proto::etcdserverpb::cluster_client::ClusterClient;
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -42,13 +44,14 @@ pub const DEV_ENDPOINTS: &str = "http://127.0.0.1:2379,http://127.0.0.1:22379,ht
 pub enum ClientError {
     #[error("no endpoint reachable ({endpoints}): {last}")]
     Unreachable { endpoints: String, last: String },
-    #[error("invalid endpoint `{0}`: use http://host:port")]
+    #[error("invalid endpoint `{0}`: use http://host:port or https://host:port")]
     BadEndpoint(String),
     /// Settings that cannot work together, named.
     #[error("{0}")]
     BadSettings(String),
-    /// The server's answer, printed as its message alone (etcdctl's way).
-    #[error("{}", .0.message())]
+    /// The server's answer, printed as its message alone (etcdctl's way);
+    /// a connection that failed under the call also says why.
+    #[error("{}", status_text(.0))]
     Server(tonic::Status),
     #[error("{path}: {source}")]
     Io { path: std::path::PathBuf, source: std::io::Error },
@@ -212,13 +215,58 @@ impl Client {
     }
 }
 
+/// How this process connects to `https://` client URLs: set once, by the
+/// command line's `--cacert`, `--cert`, `--key` or by a server (its own
+/// client-side settings); the system's roots and no client certificate
+/// until then. One per process, like etcdctl's flags: a process talks to
+/// one cluster.
+static DIALER: std::sync::RwLock<Option<Dialer>> = std::sync::RwLock::new(None);
+
+/// Sets how this process connects to `https://` client URLs, unless that
+/// was set already (the first setting wins).
+pub fn use_tls(dialer: Dialer) {
+    let mut set = DIALER.write().unwrap_or_else(|e| e.into_inner());
+    if set.is_none() {
+        *set = Some(dialer);
+    }
+}
+
+/// How this process connects to client URLs.
+pub fn dialer() -> Dialer {
+    DIALER.read().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default()
+}
+
 async fn connect(url: &str) -> Result<Channel, ClientError> {
-    Endpoint::from_shared(url.to_string())
+    let endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|_| ClientError::BadEndpoint(url.to_string()))?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(10))
-        .tcp_nodelay(true)
-        .connect()
+        .tcp_nodelay(true);
+    dialer()
+        .connect(&endpoint)
         .await
-        .map_err(|e| ClientError::Unreachable { endpoints: url.to_string(), last: e.to_string() })
+        .map_err(|e| ClientError::Unreachable { endpoints: url.to_string(), last: error_chain(&e) })
+}
+
+/// A status's message; for one that stands for a broken connection
+/// ("transport error"), with what broke it (a refused TLS handshake says
+/// which certificate was missing or not trusted).
+fn status_text(status: &tonic::Status) -> String {
+    match std::error::Error::source(status) {
+        Some(cause) => format!("{}: {}", status.message(), error_chain(cause)),
+        None => status.message().to_string(),
+    }
+}
+
+/// An error with its causes: tonic's own message says only "transport
+/// error", the cause says which (refused, a certificate not trusted, …).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }

@@ -180,11 +180,11 @@ fn retryable(code: Code) -> bool {
 /// connection that silently stops delivering is noticed and replaced.
 pub(super) fn channel(url: &str) -> Result<Channel, ClientError> {
     let endpoint = Endpoint::from_shared(url.to_string()).map_err(|_| ClientError::BadEndpoint(url.to_string()))?;
-    Ok(endpoint
+    let endpoint = endpoint
         .connect_timeout(Duration::from_secs(2))
         .http2_keep_alive_interval(Duration::from_secs(2))
         .keep_alive_timeout(Duration::from_secs(4))
         .keep_alive_while_idle(true)
-        .tcp_nodelay(true)
-        .connect_lazy())
+        .tcp_nodelay(true);
+    Ok(super::dialer().connect_lazy(&endpoint))
 }

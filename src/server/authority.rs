@@ -25,6 +25,8 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::tls::MaybeTls;
+
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER: usize = 9;
 const HEADERS: u8 = 0x1;
@@ -302,31 +304,60 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
 
 /// The client listener: TCP connections with Nagle off, read through
 /// [`ClientIo`].
-pub struct ClientListener(pub tokio::net::TcpListener);
+/// A client port's listener: plain text, or TLS (handshakes done elsewhere,
+/// [`crate::tls::accept`]), every connection's authority repaired alike.
+pub enum ClientListener {
+    Plain(tokio::net::TcpListener),
+    Tls(crate::tls::TlsIncoming),
+}
+
+impl ClientListener {
+    /// Serves `listener` through TLS with `tls` when given.
+    pub fn new(
+        listener: tokio::net::TcpListener,
+        tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+        side: &'static str,
+    ) -> io::Result<ClientListener> {
+        Ok(match tls {
+            Some(config) => ClientListener::Tls(crate::tls::TlsIncoming::new(listener, config, side)?),
+            None => ClientListener::Plain(listener),
+        })
+    }
+}
 
 impl axum::serve::Listener for ClientListener {
-    type Io = ClientIo<tokio::net::TcpStream>;
+    type Io = ClientIo<MaybeTls>;
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.0.accept().await {
-                Ok((tcp, addr)) => {
-                    // Requests and answers are small: never wait for Nagle.
-                    let _ = tcp.set_nodelay(true);
-                    return (ClientIo::new(tcp), addr);
+        match self {
+            ClientListener::Plain(listener) => loop {
+                match tokio::net::TcpListener::accept(listener).await {
+                    Ok((tcp, addr)) => {
+                        // Requests and answers are small: never wait for Nagle.
+                        let _ = tcp.set_nodelay(true);
+                        return (ClientIo::new(MaybeTls::Plain(tcp)), addr);
+                    }
+                    Err(e) => {
+                        // Too many open files and the like: wait, as axum does.
+                        tracing::warn!("accepting a client connection failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
                 }
-                Err(e) => {
-                    // Too many open files and the like: wait, as axum does.
-                    tracing::warn!("accepting a client connection failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
+            },
+            ClientListener::Tls(incoming) => match incoming.accept().await {
+                Some((io, addr)) => (ClientIo::new(io), addr),
+                // The accept loop only ends when the server is going away.
+                None => std::future::pending().await,
+            },
         }
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr()
+        match self {
+            ClientListener::Plain(listener) => listener.local_addr(),
+            ClientListener::Tls(incoming) => Ok(incoming.local_addr()),
+        }
     }
 }
 

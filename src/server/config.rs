@@ -4,11 +4,13 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::compactor::{AutoCompaction, parse_duration};
+use crate::tls::{Dialer, TlsInfo};
 
 /// Settings as given: every field optional, so that flags, environment and
 /// file can be layered.
@@ -108,6 +110,43 @@ pub struct ServerArgs {
     /// interval + an election timeout after its last renewal.
     #[arg(long, env = "RAFTKV_LEASE_CHECKPOINT_INTERVAL")]
     pub lease_checkpoint_interval: Option<String>,
+    /// The client port's TLS certificate (PEM), for `https://` client URLs.
+    /// Re-read when the file changes.
+    #[arg(long, env = "RAFTKV_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// The key of --cert-file (PEM).
+    #[arg(long, env = "RAFTKV_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// The CA (PEM bundle) client certificates must be signed by.
+    #[arg(long, env = "RAFTKV_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Refuse clients without a certificate signed by --trusted-ca-file.
+    #[arg(long, env = "RAFTKV_CLIENT_CERT_AUTH")]
+    pub client_cert_auth: bool,
+    /// Serve `https://` client URLs with a self-signed certificate made in
+    /// the data directory (clients cannot verify it).
+    #[arg(long, env = "RAFTKV_AUTO_TLS")]
+    pub auto_tls: bool,
+    /// The peer port's TLS certificate (PEM), for `https://` peer URLs; also
+    /// what this member presents to its peers.
+    #[arg(long, env = "RAFTKV_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// The key of --peer-cert-file (PEM).
+    #[arg(long, env = "RAFTKV_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// The CA (PEM bundle) peers' certificates must be signed by.
+    #[arg(long, env = "RAFTKV_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Refuse peers without a certificate signed by --peer-trusted-ca-file.
+    #[arg(long, env = "RAFTKV_PEER_CLIENT_CERT_AUTH")]
+    pub peer_client_cert_auth: bool,
+    /// Serve `https://` peer URLs with a self-signed certificate made in the
+    /// data directory; peers do not verify each other's.
+    #[arg(long, env = "RAFTKV_PEER_AUTO_TLS")]
+    pub peer_auto_tls: bool,
+    /// Accept only peer certificates with this common name.
+    #[arg(long, env = "RAFTKV_PEER_CERT_ALLOWED_CN")]
+    pub peer_cert_allowed_cn: Option<String>,
 }
 
 /// etcd's default space quota (`DefaultQuotaBytes`).
@@ -131,6 +170,13 @@ pub struct Member {
     pub peer_url: String,
 }
 
+/// An address to listen on, and whether its URL was `https://`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClusterState {
     /// Bootstrap a new cluster of --initial-cluster's members.
@@ -152,11 +198,20 @@ pub struct Settings {
     /// `--join`: client URLs of the cluster to join (empty: none).
     pub join: Vec<String>,
     pub data_dir: PathBuf,
-    pub client_addrs: Vec<SocketAddr>,
+    pub client_addrs: Vec<Listen>,
     /// Where `/metrics` and `/health` are also served (`--listen-metrics-urls`).
-    pub metrics_addrs: Vec<SocketAddr>,
+    pub metrics_addrs: Vec<Listen>,
     pub advertise_client_urls: Vec<String>,
-    pub peer_addrs: Vec<SocketAddr>,
+    pub peer_addrs: Vec<Listen>,
+    /// What `https://` client and metrics URLs are served with.
+    pub client_tls: Option<Arc<rustls::ServerConfig>>,
+    /// What `https://` peer URLs are served with.
+    pub peer_tls: Option<Arc<rustls::ServerConfig>>,
+    /// How this member connects to its peers' `https://` URLs.
+    pub peer_dialer: Dialer,
+    /// How this member connects to other members' `https://` client URLs
+    /// (its cluster page, `--join`): as a client of the client port.
+    pub client_dialer: Dialer,
     /// --initial-cluster's members: a new cluster's first table, or (joining)
     /// where to find the cluster.
     pub members: Vec<Member>,
@@ -211,6 +266,17 @@ impl ServerArgs {
             force_new_cluster: self.force_new_cluster || file.force_new_cluster,
             quota_backend_bytes: self.quota_backend_bytes.or(file.quota_backend_bytes),
             lease_checkpoint_interval: self.lease_checkpoint_interval.or(file.lease_checkpoint_interval),
+            cert_file: self.cert_file.or(file.cert_file),
+            key_file: self.key_file.or(file.key_file),
+            trusted_ca_file: self.trusted_ca_file.or(file.trusted_ca_file),
+            client_cert_auth: self.client_cert_auth || file.client_cert_auth,
+            auto_tls: self.auto_tls || file.auto_tls,
+            peer_cert_file: self.peer_cert_file.or(file.peer_cert_file),
+            peer_key_file: self.peer_key_file.or(file.peer_key_file),
+            peer_trusted_ca_file: self.peer_trusted_ca_file.or(file.peer_trusted_ca_file),
+            peer_client_cert_auth: self.peer_client_cert_auth || file.peer_client_cert_auth,
+            peer_auto_tls: self.peer_auto_tls || file.peer_auto_tls,
+            peer_cert_allowed_cn: self.peer_cert_allowed_cn.or(file.peer_cert_allowed_cn),
         }
     }
 
@@ -294,9 +360,38 @@ impl ServerArgs {
         let lease_checkpoint_interval = parse_duration(&checkpoints).filter(|d| !d.is_zero()).ok_or_else(|| {
             invalid("lease-checkpoint-interval", format!("`{checkpoints}` is not a duration such as 5s or 1m"))
         })?;
+        let client_side = Side {
+            name: "client",
+            cert_flag: "cert-file",
+            cert_file: self.cert_file,
+            key_file: self.key_file,
+            trusted_ca_file: self.trusted_ca_file,
+            client_cert_auth: self.client_cert_auth,
+            auto_tls: self.auto_tls,
+            allowed_cn: None,
+        };
+        let peer_side = Side {
+            name: "peer",
+            cert_flag: "peer-cert-file",
+            cert_file: self.peer_cert_file,
+            key_file: self.peer_key_file,
+            trusted_ca_file: self.peer_trusted_ca_file,
+            client_cert_auth: self.peer_client_cert_auth,
+            auto_tls: self.peer_auto_tls,
+            allowed_cn: self.peer_cert_allowed_cn,
+        };
+        let client_listens: Vec<Listen> = client_addrs.iter().chain(&metrics_addrs).copied().collect();
+        let (client_tls, client_dialer) = client_side.build(&data_dir, &client_listens, &advertise_client_urls)?;
+        let peer_urls_known: Vec<String> =
+            advertise_peer.iter().chain(members.iter().map(|m| &m.peer_url)).cloned().collect();
+        let (peer_tls, peer_dialer) = peer_side.build(&data_dir, &peer_addrs, &peer_urls_known)?;
         let mut ids: Vec<u64> = members.iter().map(|m| m.id).collect();
         ids.sort_unstable();
         Ok(Settings {
+            client_tls,
+            peer_tls,
+            peer_dialer,
+            client_dialer,
             member_id: me.id,
             cluster_id: cluster_id(&token, &ids),
             initial_cluster_state,
@@ -342,11 +437,20 @@ impl Settings {
 }
 
 /// Settings for a cluster of members on loopback, one per (client port,
-/// peer port), named `infra1`, `infra2`, … with data under `dir`.
-pub fn local_cluster(dir: &std::path::Path, ports: &[(u16, u16)], token: &str) -> Result<Vec<Settings>, ConfigError> {
+/// peer port), named `infra1`, `infra2`, … with data under `dir`. With
+/// `tls`, both ports of every member serve `https://` with that certificate
+/// and require client certificates signed by its CA.
+pub fn local_cluster(
+    dir: &std::path::Path,
+    ports: &[(u16, u16)],
+    token: &str,
+    tls: Option<&TlsInfo>,
+) -> Result<Vec<Settings>, ConfigError> {
     let name = |i: usize| format!("infra{}", i + 1);
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let initial_cluster: Vec<String> =
-        ports.iter().enumerate().map(|(i, (_, peer))| format!("{}=http://127.0.0.1:{peer}", name(i))).collect();
+        ports.iter().enumerate().map(|(i, (_, peer))| format!("{}={scheme}://127.0.0.1:{peer}", name(i))).collect();
+    let given = tls.cloned().unwrap_or_default();
     ports
         .iter()
         .enumerate()
@@ -354,11 +458,19 @@ pub fn local_cluster(dir: &std::path::Path, ports: &[(u16, u16)], token: &str) -
             ServerArgs {
                 name: Some(name(i)),
                 data_dir: Some(dir.join(name(i))),
-                listen_client_urls: Some(format!("http://127.0.0.1:{client}")),
-                listen_peer_urls: Some(format!("http://127.0.0.1:{peer}")),
-                initial_advertise_peer_urls: Some(format!("http://127.0.0.1:{peer}")),
+                listen_client_urls: Some(format!("{scheme}://127.0.0.1:{client}")),
+                listen_peer_urls: Some(format!("{scheme}://127.0.0.1:{peer}")),
+                initial_advertise_peer_urls: Some(format!("{scheme}://127.0.0.1:{peer}")),
                 initial_cluster: Some(initial_cluster.join(",")),
                 initial_cluster_token: Some(token.into()),
+                cert_file: given.cert_file.clone(),
+                key_file: given.key_file.clone(),
+                trusted_ca_file: given.trusted_ca_file.clone(),
+                client_cert_auth: tls.is_some(),
+                peer_cert_file: given.cert_file.clone(),
+                peer_key_file: given.key_file.clone(),
+                peer_trusted_ca_file: given.trusted_ca_file.clone(),
+                peer_client_cert_auth: tls.is_some(),
                 ..ServerArgs::default()
             }
             .resolve()
@@ -370,23 +482,94 @@ fn split(list: &str) -> Vec<String> {
     list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
 }
 
-/// `http://host:port` → a socket address to listen on.
-fn socket_addrs(field: &'static str, urls: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
+/// `http://host:port` or `https://host:port` → an address to listen on.
+fn socket_addrs(field: &'static str, urls: &[String]) -> Result<Vec<Listen>, ConfigError> {
     if urls.is_empty() {
         return Err(invalid(field, "no URL given"));
     }
     urls.iter()
         .map(|url| {
-            let hostport = url
-                .strip_prefix("http://")
-                .ok_or_else(|| invalid(field, format!("`{url}`: only http:// URLs are supported")))?;
-            hostport
+            let (hostport, tls) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+                (Some(hostport), _) => (hostport, false),
+                (_, Some(hostport)) => (hostport, true),
+                _ => return Err(invalid(field, format!("`{url}`: use http://host:port or https://host:port"))),
+            };
+            let addr = hostport
                 .to_socket_addrs()
                 .map_err(|e| invalid(field, format!("`{url}`: {e}")))?
                 .next()
-                .ok_or_else(|| invalid(field, format!("`{url}` resolves to no address")))
+                .ok_or_else(|| invalid(field, format!("`{url}` resolves to no address")))?;
+            Ok(Listen { addr, tls })
         })
         .collect()
+}
+
+/// One side's TLS flags as given (the client port's, or the peer port's).
+struct Side {
+    name: &'static str,
+    cert_flag: &'static str,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    trusted_ca_file: Option<PathBuf>,
+    client_cert_auth: bool,
+    auto_tls: bool,
+    allowed_cn: Option<String>,
+}
+
+impl Side {
+    /// What the side's `https://` listeners serve with, and how to dial its
+    /// `https://` URLs. The files are read now, so a bad one is an error at
+    /// start; an --auto-tls certificate is made now if the data directory
+    /// has none.
+    fn build(
+        self,
+        data_dir: &std::path::Path,
+        listens: &[Listen],
+        urls: &[String],
+    ) -> Result<(Option<Arc<rustls::ServerConfig>>, Dialer), ConfigError> {
+        let field = self.cert_flag;
+        let fail = |e: crate::tls::TlsError| invalid(field, e.to_string());
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(invalid(field, "a certificate and its key are given together (--*cert-file, --*key-file)"));
+        }
+        let given = TlsInfo {
+            cert_file: self.cert_file,
+            key_file: self.key_file,
+            trusted_ca_file: self.trusted_ca_file,
+            client_cert_auth: self.client_cert_auth,
+            allowed_cn: self.allowed_cn,
+            insecure_skip_verify: false,
+        };
+        let info = if !given.has_cert() && self.auto_tls {
+            let hosts: Vec<String> = listens.iter().map(|l| l.addr.ip().to_string()).chain(url_hosts(urls)).collect();
+            let dir = data_dir.join("fixtures").join(self.name);
+            let made = crate::tls::auto::self_signed(&dir, &hosts).map_err(fail)?;
+            TlsInfo { trusted_ca_file: given.trusted_ca_file, ..made }
+        } else {
+            given
+        };
+        let tls_listens = listens.iter().any(|l| l.tls);
+        let server = if tls_listens {
+            if !info.has_cert() {
+                return Err(invalid(
+                    field,
+                    format!("`https://` {} URLs need --{field} and its key, or auto TLS", self.name),
+                ));
+            }
+            Some(info.server_config().map_err(fail)?)
+        } else {
+            None
+        };
+        Ok((server, Dialer::new(&info).map_err(fail)?))
+    }
+}
+
+/// The hosts of `https://` URLs (for an --auto-tls certificate's names).
+fn url_hosts(urls: &[String]) -> impl Iterator<Item = String> + '_ {
+    urls.iter().filter_map(|u| u.strip_prefix("https://")).filter_map(|hostport| {
+        let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
+        Some(host.trim_start_matches('[').trim_end_matches(']').to_string()).filter(|h| !h.is_empty())
+    })
 }
 
 /// `name=url,name=url` → members, with ids derived from the token and name.
@@ -395,7 +578,7 @@ pub fn parse_initial_cluster(list: &str, token: &str) -> Result<Vec<Member>, Con
     for item in split(list) {
         let (name, url) =
             item.split_once('=').ok_or_else(|| invalid("initial-cluster", format!("`{item}` is not name=peer-url")))?;
-        if name.is_empty() || !url.starts_with("http://") {
+        if name.is_empty() || !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(invalid("initial-cluster", format!("`{item}` is not name=http://host:port")));
         }
         if members.iter().any(|m| m.name == name) {
@@ -443,10 +626,86 @@ mod tests {
     fn defaults_are_etcds() {
         let s = ServerArgs::default().resolve().unwrap();
         assert_eq!(s.name, "default");
-        assert_eq!(s.client_addrs, vec!["127.0.0.1:2379".parse().unwrap()]);
-        assert_eq!(s.peer_addrs, vec!["127.0.0.1:2380".parse().unwrap()]);
+        let plain = |addr: &str| vec![Listen { addr: addr.parse().unwrap(), tls: false }];
+        assert_eq!(s.client_addrs, plain("127.0.0.1:2379"));
+        assert_eq!(s.peer_addrs, plain("127.0.0.1:2380"));
+        assert!(s.client_tls.is_none() && s.peer_tls.is_none());
         assert_eq!((s.heartbeat, s.election_ticks, s.max_request_bytes), (Duration::from_millis(100), 10, 1572864));
         assert_eq!(s.members.len(), 1);
+    }
+
+    #[test]
+    fn https_urls_need_a_certificate_and_its_key() {
+        let https_client = ServerArgs { listen_client_urls: Some("https://127.0.0.1:2379".into()), ..three() };
+        let e = https_client.clone().resolve().unwrap_err();
+        assert_eq!(e.field, "cert-file", "{e}");
+        let e = ServerArgs { cert_file: Some("/nonexistent/cert.pem".into()), ..https_client.clone() }
+            .resolve()
+            .unwrap_err();
+        assert!(e.reason.contains("together"), "a certificate without its key: {e}");
+        let e = ServerArgs {
+            cert_file: Some("/nonexistent/cert.pem".into()),
+            key_file: Some("/nonexistent/key.pem".into()),
+            ..https_client
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(e.field == "cert-file" && e.reason.contains("/nonexistent/cert.pem"), "{e}");
+        let https_peer = ServerArgs {
+            listen_peer_urls: Some("https://127.0.0.1:2".into()),
+            initial_advertise_peer_urls: Some("https://127.0.0.1:2".into()),
+            initial_cluster: Some("a=https://127.0.0.1:1,b=https://127.0.0.1:2,c=https://127.0.0.1:3".into()),
+            ..three()
+        };
+        assert_eq!(https_peer.resolve().unwrap_err().field, "peer-cert-file");
+        let e = ServerArgs { listen_client_urls: Some("unix:///x".into()), ..three() }.resolve().unwrap_err();
+        assert_eq!(e.field, "listen-client-urls");
+    }
+
+    #[test]
+    fn tls_listeners_serve_with_the_given_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::tls::generate::Authority::create(dir.path(), "ca").unwrap();
+        let cert = ca.issue(dir.path(), "m", "m", &["127.0.0.1"]).unwrap();
+        let s = ServerArgs {
+            listen_client_urls: Some("https://127.0.0.1:2379,http://127.0.0.1:2381".into()),
+            cert_file: Some(cert.cert_file.clone()),
+            key_file: Some(cert.key_file.clone()),
+            trusted_ca_file: Some(ca.cert_file.clone()),
+            client_cert_auth: true,
+            ..three()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(s.client_addrs.iter().map(|l| l.tls).collect::<Vec<_>>(), [true, false]);
+        assert!(s.client_tls.is_some() && s.peer_tls.is_none());
+        // A key that is not the certificate's is refused at start.
+        let other = ca.issue(dir.path(), "other", "other", &["127.0.0.1"]).unwrap();
+        let e = ServerArgs {
+            listen_client_urls: Some("https://127.0.0.1:2379".into()),
+            cert_file: Some(cert.cert_file),
+            key_file: Some(other.key_file),
+            ..three()
+        }
+        .resolve()
+        .unwrap_err();
+        assert_eq!(e.field, "cert-file", "{e}");
+    }
+
+    #[test]
+    fn auto_tls_makes_a_certificate_once_and_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = ServerArgs {
+            data_dir: Some(dir.path().join("data")),
+            listen_client_urls: Some("https://127.0.0.1:2379".into()),
+            auto_tls: true,
+            ..three()
+        };
+        args.clone().resolve().unwrap();
+        let cert = dir.path().join("data/fixtures/client/cert.pem");
+        let first = std::fs::read(&cert).unwrap();
+        args.resolve().unwrap();
+        assert_eq!(std::fs::read(&cert).unwrap(), first, "a restart serves the same certificate");
     }
 
     #[test]

@@ -20,7 +20,8 @@ use crate::proto::etcdserverpb::{LeaseKeepAliveResponse, LeaseTimeToLiveResponse
 use crate::proto::raftpeer::raft_peer_server::RaftPeer;
 use crate::proto::raftpeer::{
     ForwardRequest, ForwardResponse, HelloRequest, HelloResponse, InstallSnapshotResponse, LeaseRenewRequest,
-    LeaseTimeToLiveForward, MembersRequest, MembersResponse, PeerMessage, SnapshotPart, StreamSummary, peer_message,
+    LeaseTimeToLiveForward, MembersRequest, MembersResponse, PeerMessage, ProbeRequest, ProbeResponse, SnapshotPart,
+    StreamSummary, peer_message,
 };
 
 pub struct KvService(pub Arc<Shared>);
@@ -204,6 +205,10 @@ impl RaftPeer for PeerService {
         let answer =
             super::lease::on_this_leader(&self.0, |reply| NodeRequest::LeaseTimeToLive { id, keys, reply }).await?;
         Ok(Response::new(answer))
+    }
+
+    async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
+        Ok(Response::new(ProbeResponse {}))
     }
 
     async fn hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {

@@ -1,4 +1,6 @@
-//! `grpc_server_started_total` and `grpc_server_handled_total`, with
+//! `grpc_server_started_total`, `grpc_server_handled_total` and
+//! `grpc_server_handling_seconds` (which etcd exports with
+//! `--metrics extensive`; here always, it costs one labelled lookup), with
 //! go-grpc-prometheus's labels (`grpc_type`, `grpc_service`,
 //! `grpc_method`, `grpc_code`), counted by a layer on the client port's
 //! gRPC routes, so etcd's dashboards' request-rate and error-rate panels
@@ -19,7 +21,6 @@ use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus::IntCounter;
 
 use super::metrics::Metrics;
 
@@ -32,10 +33,15 @@ pub async fn count(State(metrics): State<Arc<Metrics>>, request: Request, next: 
     let (service, method) = (service.to_string(), method.to_string());
     let kind = call_type(&service, &method);
     metrics.grpc_started.with_label_values(&[kind, &service, &method]).inc();
-    let handled = move |code: &str| metrics.grpc_handled.with_label_values(&[kind, &service, &method, code]);
+    let started = std::time::Instant::now();
+    let handled = move |code: &str| {
+        metrics.grpc_handled.with_label_values(&[kind, &service, &method, code]).inc();
+        let took = started.elapsed().as_secs_f64();
+        metrics.grpc_handling.with_label_values(&[kind, &service, &method]).observe(took);
+    };
     let response = next.run(request).await;
     if let Some(code) = status_of(response.headers()) {
-        handled(code).inc();
+        handled(code);
         return response;
     }
     response.map(|body| {
@@ -92,8 +98,8 @@ fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-/// The `grpc_server_handled_total` counter of a call's code.
-type HandledCounter = Box<dyn Fn(&str) -> IntCounter + Send + Sync>;
+/// Counts a call as handled with its code, and how long it took.
+type HandledCounter = Box<dyn FnOnce(&str) + Send + Sync>;
 
 /// Counts the call once: with the code its trailers carry, or `Canceled`
 /// if the answer is dropped first.
@@ -104,7 +110,7 @@ struct Done {
 impl Done {
     fn finish(&mut self, code: &str) {
         if let Some(handled) = self.handled.take() {
-            handled(code).inc();
+            handled(code);
         }
     }
 }

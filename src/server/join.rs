@@ -94,7 +94,7 @@ pub async fn find_cluster(settings: &Settings) -> Result<Joined, ServerError> {
     let mut last_error = String::new();
     while tokio::time::Instant::now() < deadline {
         for url in &peers {
-            match ask(url).await {
+            match ask(url, &settings.peer_dialer).await {
                 Ok(answer) => {
                     let table = answer.membership.unwrap_or_default();
                     let me = table.members.iter().find(|m| m.peer_urls.iter().any(|u| mine.contains(u)));
@@ -126,10 +126,10 @@ pub async fn find_cluster(settings: &Settings) -> Result<Joined, ServerError> {
     )))
 }
 
-async fn ask(url: &str) -> Result<crate::proto::raftpeer::MembersResponse, String> {
+async fn ask(url: &str, dialer: &crate::tls::Dialer) -> Result<crate::proto::raftpeer::MembersResponse, String> {
     let endpoint = super::transport::peer_endpoint(url).map_err(|e| e.to_string())?;
     let call = async {
-        let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+        let channel = dialer.connect(&endpoint).await.map_err(|e| e.to_string())?;
         let answer = RaftPeerClient::new(channel).members(MembersRequest {}).await;
         answer.map(|r| r.into_inner()).map_err(|s| s.message().to_string())
     };

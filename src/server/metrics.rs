@@ -15,8 +15,8 @@
 //!   process's, shared).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-    exponential_buckets,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder, exponential_buckets,
 };
 
 use super::shared::Shared;
@@ -41,10 +41,14 @@ pub struct Metrics {
     pub backend_commit: Histogram,
     /// Messages to a peer that could not be sent, by peer (etcd's `To`).
     pub peer_sent_failures: IntCounterVec,
+    /// Each link's probe round trips, by peer (etcd's prober).
+    pub peer_round_trip: HistogramVec,
     /// gRPC calls started and finished on the client port, with
     /// go-grpc-prometheus's labels (see [`super::grpc_metrics`]).
     pub grpc_started: IntCounterVec,
     pub grpc_handled: IntCounterVec,
+    /// How long each call took, from its request to its status.
+    pub grpc_handling: HistogramVec,
     pub snapshot_duration: Histogram,
     pub snapshot_size: IntGauge,
     pub snapshots_sent: IntCounter,
@@ -120,6 +124,17 @@ impl Metrics {
             "The total number of send failures to a peer (connections refused or streams broken).",
             &["To"],
         );
+        let peer_round_trip = HistogramVec::new(
+            HistogramOpts::new(
+                "etcd_network_peer_round_trip_time_seconds",
+                "Round-Trip-Time histogram between peers (a probe every few seconds on each link).",
+            )
+            // etcd's buckets: 0.1 ms to about 3.3 s.
+            .buckets(exponential_buckets(0.0001, 2.0, 16).expect("valid buckets")),
+            &["To"],
+        )
+        .expect("a valid metric");
+        registry.register(Box::new(peer_round_trip.clone())).expect("registered once");
         let grpc_started = counters(
             "grpc_server_started_total",
             "Total number of RPCs started on the server.",
@@ -130,6 +145,15 @@ impl Metrics {
             "Total number of RPCs completed on the server, regardless of success or failure.",
             &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
         );
+        let grpc_handling = HistogramVec::new(
+            HistogramOpts::new(
+                "grpc_server_handling_seconds",
+                "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+            ),
+            &["grpc_type", "grpc_service", "grpc_method"],
+        )
+        .expect("a valid metric");
+        registry.register(Box::new(grpc_handling.clone())).expect("registered once");
         let follower_lag = IntGaugeVec::new(
             Opts::new(
                 "raftkv_follower_lag_entries",
@@ -206,8 +230,10 @@ impl Metrics {
             ),
             backend_commit,
             peer_sent_failures,
+            peer_round_trip,
             grpc_started,
             grpc_handled,
+            grpc_handling,
             snapshot_duration,
             follower_lag,
             read_index_batch,

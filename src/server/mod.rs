@@ -224,6 +224,8 @@ pub async fn serve(settings: Settings, stop: signal::Receiver<bool>) -> Result<(
 }
 
 async fn serve_member(mut settings: Settings, stop: signal::Receiver<bool>) -> Result<(), ServerError> {
+    // --join and the cluster page reach other members' client URLs.
+    crate::client::use_tls(settings.client_dialer.clone());
     let checking = settings.clone();
     let joined = match blocking(move || identity(&checking)).await? {
         // A member that joined has ids the cluster gave it.
@@ -247,14 +249,20 @@ async fn serve_member(mut settings: Settings, stop: signal::Receiver<bool>) -> R
 
     let (node_tx, node_rx) = mpsc::channel(64 * 1024);
     let metrics = Arc::new(metrics::Metrics::new(settings.member_id));
-    let snapshots =
-        snapshots::SnapshotSender::new(settings.cluster_id, snapshot_dir.clone(), node_tx.downgrade(), metrics.clone());
+    let snapshots = snapshots::SnapshotSender::new(
+        settings.cluster_id,
+        snapshot_dir.clone(),
+        node_tx.downgrade(),
+        metrics.clone(),
+        settings.peer_dialer.clone(),
+    );
     let peer_runtime = PeerRuntime::start()?;
     let transport = {
         let _on_peer_runtime = peer_runtime.handle().enter();
         let table = kv.membership().clone();
         let (cluster, me) = (settings.cluster_id, settings.member_id);
-        transport::Transport::start(cluster, me, &table, snapshots, node_tx.downgrade(), metrics.clone())
+        let dialer = settings.peer_dialer.clone();
+        transport::Transport::start(cluster, me, &table, snapshots, node_tx.downgrade(), metrics.clone(), dialer)
     };
     let (status_tx, status_rx) = signal::channel(node::NodeStatus::default());
     let requests = node_tx.downgrade();
@@ -272,8 +280,9 @@ async fn serve_member(mut settings: Settings, stop: signal::Receiver<bool>) -> R
 
     let mut servers = tokio::task::JoinSet::new();
     let max_message = (2 * settings.max_request_bytes).max(4 << 20);
-    for &addr in &settings.peer_addrs {
+    for &config::Listen { addr, tls } in &settings.peer_addrs {
         let listen = move |source| ServerError::Listen { what: "peer", addr, source };
+        let tls = settings.peer_tls.clone().filter(|_| tls);
         // Bound here, registered with the peer runtime's reactor there.
         let listener = std::net::TcpListener::bind(addr).map_err(listen)?;
         listener.set_nonblocking(true).map_err(listen)?;
@@ -281,19 +290,27 @@ async fn serve_member(mut settings: Settings, stop: signal::Receiver<bool>) -> R
         let mut stop = stop.clone();
         let peer_server = async move {
             let listener = TcpListener::from_std(listener).map_err(listen)?;
-            tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .add_service(peer)
-                // Raft traffic is small messages: never wait for Nagle.
-                .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-                .map_err(|e| ServerError::Serve { what: "peer", source: std::io::Error::other(e) })
+            let server = tonic::transport::Server::builder().tcp_nodelay(true).add_service(peer);
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            // Raft traffic is small messages: never wait for Nagle.
+            let served = match tls {
+                Some(config) => {
+                    let incoming = crate::tls::TlsIncoming::new(listener, config, "peer").map_err(listen)?;
+                    server.serve_with_incoming_shutdown(incoming.into_stream(), stopped).await
+                }
+                None => {
+                    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                    server.serve_with_incoming_shutdown(incoming, stopped).await
+                }
+            };
+            served.map_err(|e| ServerError::Serve { what: "peer", source: std::io::Error::other(e) })
         };
-        servers.spawn_on(peer_server, peer_runtime.handle());
+        servers.spawn_on(peer_server.instrument(tracing::Span::current()), peer_runtime.handle());
     }
-    for &addr in &settings.client_addrs {
+    for &config::Listen { addr, tls } in &settings.client_addrs {
+        let tls = settings.client_tls.clone().filter(|_| tls);
         let listener =
             TcpListener::bind(addr).await.map_err(|source| ServerError::Listen { what: "client", addr, source })?;
         let grpc = tonic::service::Routes::new(KvRoutes::new(shared.clone(), max_message))
@@ -312,33 +329,44 @@ async fn serve_member(mut settings: Settings, stop: signal::Receiver<bool>) -> R
         let app = grpc.merge(http::router(shared.clone())).fallback(http::not_found);
         let mut stop = stop.clone();
         let starting = shared.clone();
-        servers.spawn(async move {
-            // As etcd: clients are served once this member is known to the
-            // cluster (its client URLs published), so every member list a
-            // client can get names them. Connections wait in the backlog.
-            join::wait_published(&starting).await;
-            drop(starting);
-            axum::serve(authority::ClientListener(listener), app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-                .map_err(|source| ServerError::Serve { what: "client", source })
-        });
+        servers.spawn(
+            async move {
+                // As etcd: clients are served once this member is known to the
+                // cluster (its client URLs published), so every member list a
+                // client can get names them. Connections wait in the backlog.
+                join::wait_published(&starting).await;
+                drop(starting);
+                let listener = authority::ClientListener::new(listener, tls, "client")
+                    .map_err(|source| ServerError::Serve { what: "client", source })?;
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await
+                    .map_err(|source| ServerError::Serve { what: "client", source })
+            }
+            .instrument(tracing::Span::current()),
+        );
     }
-    for &addr in &settings.metrics_addrs {
+    for &config::Listen { addr, tls } in &settings.metrics_addrs {
+        let tls = settings.client_tls.clone().filter(|_| tls);
         let listener =
             TcpListener::bind(addr).await.map_err(|source| ServerError::Listen { what: "metrics", addr, source })?;
         let app = http::metrics_router(shared.clone()).fallback(http::not_found);
         let mut stop = stop.clone();
-        servers.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-                .map_err(|source| ServerError::Serve { what: "metrics", source })
-        });
+        servers.spawn(
+            async move {
+                let listener = authority::ClientListener::new(listener, tls, "metrics")
+                    .map_err(|source| ServerError::Serve { what: "metrics", source })?;
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await
+                    .map_err(|source| ServerError::Serve { what: "metrics", source })
+            }
+            .instrument(tracing::Span::current()),
+        );
     }
     let compacting = compactor::run(shared.clone(), settings.auto_compaction.clone(), stop.clone());
     let compactor = tokio::spawn(compacting.instrument(tracing::Span::current()));

@@ -126,7 +126,7 @@ impl Shared {
         {
             return Some(pick(link));
         }
-        let channel = super::transport::peer_endpoint(&url).ok()?.connect_lazy();
+        let channel = self.settings.peer_dialer.connect_lazy(&super::transport::peer_endpoint(&url).ok()?);
         let forwarder = Forwarder::start(self.settings.cluster_id, self.settings.member_id, channel.clone());
         let link = PeerLink { url, channel, forwarder };
         let picked = pick(&link);

@@ -47,6 +47,7 @@ pub struct SnapshotSender {
     /// The server's runtime: `send` is called from the node's own thread.
     runtime: tokio::runtime::Handle,
     metrics: Arc<Metrics>,
+    dialer: crate::tls::Dialer,
 }
 
 impl SnapshotSender {
@@ -55,9 +56,11 @@ impl SnapshotSender {
         dir: Arc<SnapshotDir>,
         report: mpsc::WeakSender<Request>,
         metrics: Arc<Metrics>,
+        dialer: crate::tls::Dialer,
     ) -> SnapshotSender {
         let runtime = tokio::runtime::Handle::current();
-        SnapshotSender { cluster_id, dir, peers: HashMap::new(), report, active: Arc::default(), runtime, metrics }
+        let peers = HashMap::new();
+        SnapshotSender { cluster_id, dir, peers, report, active: Arc::default(), runtime, metrics, dialer }
     }
 
     /// Where each member is reached, as the member table says.
@@ -79,12 +82,12 @@ impl SnapshotSender {
         let offer =
             SnapshotOffer { cluster_id: self.cluster_id, from: m.from, to, term: m.term, meta: Some(meta), size: 0 };
         let (dir, report, active) = (self.dir.clone(), self.report.clone(), self.active.clone());
-        let metrics = self.metrics.clone();
+        let (metrics, dialer) = (self.metrics.clone(), self.dialer.clone());
         let sending = async move {
             let started = Instant::now();
             let meta = offer.meta.clone().unwrap_or_default();
             let path = dir.file_path(meta.index, meta.term);
-            let ok = match transfer(&peer, offer, &path).await {
+            let ok = match transfer(&peer, offer, &path, &dialer).await {
                 Ok(bytes) => {
                     metrics.snapshots_sent.inc();
                     tracing::info!(
@@ -113,13 +116,18 @@ impl SnapshotSender {
 }
 
 /// Streams the file at `path` to `peer`; returns the bytes sent.
-async fn transfer(peer: &Member, mut offer: SnapshotOffer, path: &Path) -> Result<u64, String> {
+async fn transfer(
+    peer: &Member,
+    mut offer: SnapshotOffer,
+    path: &Path,
+    dialer: &crate::tls::Dialer,
+) -> Result<u64, String> {
     // Opened before anything else: a snapshot pruned meanwhile stays readable.
     let mut file = tokio::fs::File::open(path).await.map_err(|e| format!("{}: {e}", path.display()))?;
     let size = file.metadata().await.map_err(|e| format!("{}: {e}", path.display()))?.len();
     offer.size = size;
     let endpoint = super::transport::peer_endpoint(&peer.peer_url).map_err(|e| e.to_string())?;
-    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    let channel = dialer.connect(&endpoint).await.map_err(|e| e.to_string())?;
     let mut client = RaftPeerClient::new(channel).max_encoding_message_size(2 * CHUNK_BYTES);
     let (tx, rx) = mpsc::channel(4);
     let path = path.to_owned();

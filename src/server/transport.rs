@@ -25,9 +25,10 @@ use super::node::Request;
 use super::snapshots::SnapshotSender;
 use super::wire::to_wire;
 use crate::proto::Membership;
-use crate::proto::raftpeer::PeerMessage;
 use crate::proto::raftpeer::raft_peer_client::RaftPeerClient;
+use crate::proto::raftpeer::{PeerMessage, ProbeRequest};
 use crate::raft::{Body, Message, NodeId};
+use crate::tls::Dialer;
 
 /// Bytes queued per peer before new messages are dropped (one message is
 /// always accepted into an empty queue, however large).
@@ -37,6 +38,10 @@ const STREAM_BUFFER: usize = 256;
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// A stream that lived this long was a working link: failures start over.
 const STABLE: Duration = Duration::from_secs(1);
+/// How often a link times a probe round trip (etcd's prober: 4 s).
+const PROBE_INTERVAL: Duration = Duration::from_secs(4);
+/// A probe not answered by then counts as lost, not as a round trip.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where the node's outgoing Raft messages go: the peer links, or, in the
 /// driver's tests, the test's own hands.
@@ -62,6 +67,7 @@ pub struct Transport {
     /// The peer runtime, where links run (members change on the node's thread).
     runtime: tokio::runtime::Handle,
     metrics: Arc<Metrics>,
+    dialer: Dialer,
 }
 
 /// The sending end of one peer's queue, with the bytes it holds. Each
@@ -100,9 +106,11 @@ impl Transport {
         snapshots: SnapshotSender,
         node: mpsc::WeakSender<Request>,
         metrics: Arc<Metrics>,
+        dialer: Dialer,
     ) -> Transport {
         let runtime = tokio::runtime::Handle::current();
-        let mut transport = Transport { cluster_id, me, links: HashMap::new(), snapshots, node, runtime, metrics };
+        let links = HashMap::new();
+        let mut transport = Transport { cluster_id, me, links, snapshots, node, runtime, metrics, dialer };
         transport.set_members(table);
         transport
     }
@@ -111,8 +119,12 @@ impl Transport {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let queue = LinkQueue { rx, queued: queued.clone() };
-        let failures = self.metrics.peer_sent_failures.with_label_values(&[&format!("{:x}", member.id)]);
-        let link = run_link(member.clone(), queue, self.node.clone(), failures);
+        let label = format!("{:x}", member.id);
+        let figures = LinkFigures {
+            sent_failures: self.metrics.peer_sent_failures.with_label_values(&[&label]),
+            round_trip: self.metrics.peer_round_trip.with_label_values(&[&label]),
+        };
+        let link = run_link(member.clone(), queue, self.node.clone(), figures, self.dialer.clone());
         // The member's log span (its name) follows the link.
         self.runtime.spawn(tracing::Instrument::instrument(link, tracing::Span::current()));
         self.links.insert(member.id, (member.peer_url, LinkSender { tx, queued }));
@@ -176,12 +188,45 @@ pub fn peer_endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
         .keep_alive_while_idle(true))
 }
 
+/// What a link counts for `/metrics`.
+struct LinkFigures {
+    sent_failures: prometheus::IntCounter,
+    round_trip: prometheus::Histogram,
+}
+
+/// Ends a task when the link's connection it belongs to ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Times a probe on `channel` every [`PROBE_INTERVAL`], the first at once.
+/// It shares the connection the Raft stream uses, so it measures what that
+/// traffic sees (queued behind a large append, too, as etcd's does not).
+async fn probe(channel: tonic::transport::Channel, round_trip: prometheus::Histogram) {
+    let mut client = RaftPeerClient::new(channel);
+    let mut every = tokio::time::interval(PROBE_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let sent = tokio::time::Instant::now();
+        if let Ok(Ok(_)) = tokio::time::timeout(PROBE_TIMEOUT, client.probe(ProbeRequest {})).await {
+            round_trip.observe(sent.elapsed().as_secs_f64());
+        }
+    }
+}
+
 async fn run_link(
     peer: Member,
     mut queue: LinkQueue,
     node: mpsc::WeakSender<Request>,
-    sent_failures: prometheus::IntCounter,
+    figures: LinkFigures,
+    dialer: Dialer,
 ) {
+    let LinkFigures { sent_failures, round_trip } = figures;
     let mut backoff = Duration::from_millis(50);
     let mut failures = 0u32;
     let endpoint = match peer_endpoint(&peer.peer_url) {
@@ -192,7 +237,7 @@ async fn run_link(
         }
     };
     loop {
-        let channel = match endpoint.connect().await {
+        let channel = match dialer.connect(&endpoint).await {
             Ok(channel) => channel,
             Err(e) => {
                 sent_failures.inc();
@@ -219,6 +264,7 @@ async fn run_link(
             tracing::info!(peer = format!("{:x}", peer.id), "connected to peer");
         }
         let connected = tokio::time::Instant::now();
+        let _prober = AbortOnDrop(tokio::spawn(probe(channel.clone(), round_trip.clone())));
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let mut client = RaftPeerClient::new(channel);
         let mut call = tokio::spawn(async move { client.stream(ReceiverStream::new(rx)).await });

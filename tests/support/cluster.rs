@@ -172,15 +172,47 @@ impl Cluster {
         (cluster, network)
     }
 
+    /// Starts `n` members serving `https://` client and peer URLs, each
+    /// given `extra_args` (the TLS flags).
+    pub fn start_tls(n: usize, extra_args: &[&str]) -> Cluster {
+        let mut cluster = Cluster::with_scheme(n, extra_args, "https");
+        for i in 0..n {
+            cluster.start_member(i);
+        }
+        cluster
+    }
+
+    /// `total` members serving `https://` URLs, all in --initial-cluster,
+    /// the first `running` started.
+    pub fn start_tls_partial(total: usize, running: usize, extra_args: &[String]) -> Cluster {
+        let extra_args: Vec<&str> = extra_args.iter().map(String::as_str).collect();
+        let mut cluster = Cluster::with_scheme(total, &extra_args, "https");
+        for i in 0..running {
+            cluster.start_member(i);
+        }
+        cluster
+    }
+
+    /// Starts member `i` with `args` instead of the flags the others have.
+    pub fn start_member_only_with(&mut self, i: usize, args: &[&str]) {
+        let shared = std::mem::take(&mut self.extra_args);
+        self.start_member_with(i, args);
+        self.extra_args = shared;
+    }
+
     /// Members with ports and directories, none started.
     fn new(n: usize, extra_args: &[&str]) -> Cluster {
+        Cluster::with_scheme(n, extra_args, "http")
+    }
+
+    fn with_scheme(n: usize, extra_args: &[&str], scheme: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut members = Vec::new();
         for i in 1..=n {
             let name = format!("m{i}");
             members.push(Member {
-                client_url: format!("http://127.0.0.1:{}", free_port()),
-                peer_url: format!("http://127.0.0.1:{}", free_port()),
+                client_url: format!("{scheme}://127.0.0.1:{}", free_port()),
+                peer_url: format!("{scheme}://127.0.0.1:{}", free_port()),
                 data_dir: dir.path().join(&name),
                 log: dir.path().join(format!("{name}.log")),
                 name,

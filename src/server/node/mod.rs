@@ -203,6 +203,8 @@ pub struct Node {
     clock: leases::Clock,
     runtime: Handle,
     metrics: std::sync::Arc<super::metrics::Metrics>,
+    /// On a leader: each follower's lag gauge, labelled once.
+    lag_gauges: std::collections::HashMap<NodeId, prometheus::IntGauge>,
 }
 
 /// What a node starts from.
@@ -275,6 +277,7 @@ impl Node {
             clock: leases::real_clock(),
             runtime,
             metrics,
+            lag_gauges: std::collections::HashMap::new(),
         }
     }
 
@@ -722,7 +725,7 @@ impl Node {
     }
 
     /// What `/metrics` reads of the node's own state, set when it changes.
-    fn publish_gauges(&self, previous: &NodeStatus, status: &NodeStatus) {
+    fn publish_gauges(&mut self, previous: &NodeStatus, status: &NodeStatus) {
         let metrics = &self.metrics;
         metrics.proposals_pending.set(self.proposals.pending_entries() as i64);
         let (first, last) = (self.raft.first_index(), self.raft.last_index());
@@ -731,10 +734,15 @@ impl Node {
         if status.leader == Some(me) {
             for &id in status.conf.voters.iter().chain(&status.conf.learners).filter(|&&id| id != me) {
                 let lag = last.saturating_sub(self.raft.match_index(id).unwrap_or(0));
-                metrics.follower_lag.with_label_values(&[&format!("{id:x}")]).set(lag as i64);
+                let gauge = self
+                    .lag_gauges
+                    .entry(id)
+                    .or_insert_with(|| metrics.follower_lag.with_label_values(&[&format!("{id:x}")]));
+                gauge.set(lag as i64);
             }
         } else if previous.leader == Some(me) {
             metrics.follower_lag.reset();
+            self.lag_gauges.clear();
         }
     }
 }

@@ -1,0 +1,101 @@
+//! Connecting to a TLS listener: a connector tonic's channels dial through
+//! when a URL is `https://`, with the host of the URL as the name the
+//! server's certificate must carry (its IP address for an IP literal).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{TlsError, TlsInfo};
+
+#[derive(Clone, Debug)]
+pub struct TlsConnector(Arc<ClientConfig>);
+
+impl TlsConnector {
+    pub fn new(config: Arc<ClientConfig>) -> TlsConnector {
+        TlsConnector(config)
+    }
+}
+
+type Connecting =
+    Pin<Box<dyn Future<Output = std::io::Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>> + Send>>;
+
+impl tower_service::Service<http::Uri> for TlsConnector {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = std::io::Error;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let config = self.0.clone();
+        Box::pin(async move {
+            let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
+            let host = uri.host().ok_or_else(|| invalid(format!("`{uri}` names no host")))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+            let port = uri.port_u16().unwrap_or(443);
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            // Requests and Raft messages are small: never wait for Nagle.
+            tcp.set_nodelay(true)?;
+            let name = ServerName::try_from(host).map_err(|e| invalid(e.to_string()))?;
+            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+            Ok(TokioIo::new(tls))
+        })
+    }
+}
+
+/// How connections to `https://` URLs are made: with the TLS settings of
+/// the side they go to (or, given none, verified against the system's
+/// roots). `http://` URLs are dialled in plain text.
+#[derive(Clone, Debug, Default)]
+pub struct Dialer(Option<Arc<ClientConfig>>);
+
+impl Dialer {
+    /// A dialer with `info`'s settings (none given: the defaults).
+    pub fn new(info: &TlsInfo) -> Result<Dialer, TlsError> {
+        if *info == TlsInfo::default() { Ok(Dialer(None)) } else { Ok(Dialer(Some(info.client_config()?))) }
+    }
+
+    /// The configuration for `endpoint`, if it is `https://`.
+    fn tls_for(&self, endpoint: &Endpoint) -> Option<Arc<ClientConfig>> {
+        if endpoint.uri().scheme_str() != Some("https") {
+            return None;
+        }
+        match &self.0 {
+            Some(config) => Some(config.clone()),
+            None => match TlsInfo::default().client_config() {
+                Ok(config) => Some(config),
+                Err(e) => {
+                    tracing::warn!("no TLS settings to connect to {} with: {e}", endpoint.uri());
+                    None
+                }
+            },
+        }
+    }
+
+    /// Connects `endpoint` now.
+    pub async fn connect(&self, endpoint: &Endpoint) -> Result<Channel, tonic::transport::Error> {
+        match self.tls_for(endpoint) {
+            Some(config) => endpoint.connect_with_connector(TlsConnector::new(config)).await,
+            None => endpoint.connect().await,
+        }
+    }
+
+    /// A channel to `endpoint` that connects on first use (and again after
+    /// a broken connection).
+    pub fn connect_lazy(&self, endpoint: &Endpoint) -> Channel {
+        match self.tls_for(endpoint) {
+            Some(config) => endpoint.connect_with_connector_lazy(TlsConnector::new(config)),
+            None => endpoint.connect_lazy(),
+        }
+    }
+}

@@ -7,12 +7,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded; nothing else reads the environment.
     unsafe { std::env::set_var("PROTOC", protoc) };
     println!("cargo:rerun-if-changed=proto");
+    // etcd's auth records first: the Raft records' package is generated at
+    // `crate::proto`'s root, where a sibling package cannot be named.
+    prost_build::Config::new().bytes(["."]).compile_protos(&["proto/etcd/auth.proto"], &["proto"])?;
     let records = ["proto/raft.proto", "proto/etcd/kv.proto", "proto/command.proto"];
     // etcd's messages the records use (in `command.proto`, and the alarms in
     // `raft.proto`) come from the services' pass below.
     prost_build::Config::new()
         .bytes(["."])
         .extern_path(".etcdserverpb", "crate::proto::etcdserverpb")
+        .extern_path(".authpb", "crate::proto::authpb")
         .compile_protos(&records, &["proto"])?;
     // The services (and their messages) with gRPC stubs; the records they
     // use are the ones generated above.
@@ -22,6 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(&descriptors)
         .extern_path(".raftpb", "crate::proto")
         .extern_path(".mvccpb", "crate::proto::mvccpb")
+        .extern_path(".authpb", "crate::proto::authpb")
         .extern_path(".raftkvpb", "crate::proto::raftkvpb")
         .compile_protos(
             &["proto/etcd/rpc.proto", "proto/etcd/v3lock.proto", "proto/etcd/v3election.proto", "proto/peer.proto"],
@@ -35,6 +40,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .register_descriptors(&std::fs::read(&descriptors)?)?
         .preserve_proto_field_names()
         .ignore_unknown_fields()
-        .build(&[".etcdserverpb", ".mvccpb", ".v3lockpb", ".v3electionpb"])?;
+        .build(&[".etcdserverpb", ".mvccpb", ".authpb", ".v3lockpb", ".v3electionpb"])?;
     Ok(())
 }

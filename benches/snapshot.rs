@@ -53,6 +53,7 @@ fn header(index: u64, revision: i64, conf: ConfState) -> SnapshotHeader {
         membership: None,
         alarms: Vec::new(),
         leases: Vec::new(),
+        auth: None,
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`proto`]: wire and disk records generated from `proto/` (Raft records,
 //!   etcd's v3 API, the command a log entry carries).
 
+pub mod auth;
 pub mod bench;
 pub mod client;
 pub mod kv;

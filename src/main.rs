@@ -34,6 +34,13 @@ struct Cli {
     log_format: LogFormat,
     #[command(flatten)]
     tls: ClientTls,
+    /// Log in as this user (NAME or NAME:PASSWORD; without one, the password
+    /// is --password or read from stdin), as etcdctl's --user.
+    #[arg(long, global = true, env = "RAFTKV_USER")]
+    user: Option<String>,
+    /// The password of --user.
+    #[arg(long, global = true, env = "RAFTKV_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
 }
 
 /// How the client commands connect to `https://` endpoints (etcdctl's flags).
@@ -178,6 +185,27 @@ enum Command {
     Member {
         #[command(subcommand)]
         op: MemberOp,
+    },
+    /// Users of the cluster's auth: add, delete, get, list, passwd, grant-role, revoke-role.
+    User {
+        #[command(subcommand)]
+        op: raftkv::client::auth::UserOp,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Roles and their permissions: add, delete, get, list, grant-permission, revoke-permission.
+    Role {
+        #[command(subcommand)]
+        op: raftkv::client::auth::RoleOp,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Turn auth on or off, or see whether it is on.
+    Auth {
+        #[command(subcommand)]
+        op: raftkv::client::auth::AuthOp,
+        #[command(flatten)]
+        conn: Conn,
     },
     /// The alarms raised in the cluster (NOSPACE, when the data reached
     /// --quota-backend-bytes): list them, or disarm them all.
@@ -361,6 +389,20 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+        if let Some(user) = &cli.user {
+            let (user, given) = raftkv::client::auth::split_user(user);
+            let password = match given.or(cli.password) {
+                Some(password) => password,
+                None => match raftkv::client::auth::read_password("Password") {
+                    Ok(password) => password,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            raftkv::client::use_credentials(raftkv::client::Credentials { user, password });
+        }
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -418,6 +460,9 @@ async fn run(command: Command) -> Result<(), Failure> {
             println!("OK");
         }
         Command::Lease { op, conn } => raftkv::client::leases::run(op, &conn.endpoints).await?,
+        Command::User { op, conn } => raftkv::client::auth::run_user(op, &conn.endpoints).await?,
+        Command::Role { op, conn } => raftkv::client::auth::run_role(op, &conn.endpoints).await?,
+        Command::Auth { op, conn } => raftkv::client::auth::run_auth(op, &conn.endpoints).await?,
         Command::Lock { name, command, ttl, conn } => {
             let code = raftkv::client::lock::run(&conn.endpoints, &name, &command, ttl, stop_on_signal()).await?;
             if code != 0 {

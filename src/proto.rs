@@ -1,5 +1,5 @@
 //! Wire and disk records generated from `proto/`: the Raft records (at this
-//! module's root), etcd's v3 API (`etcdserverpb`, `mvccpb`, and the lock
+//! module's root), etcd's v3 API (`etcdserverpb`, `mvccpb`, `authpb`, and the lock
 //! and election services `v3lockpb`, `v3electionpb`), the command a log
 //! entry carries (`raftkvpb`), and the peer protocol (`raftpeer`).
 //!
@@ -20,6 +20,11 @@ pub mod mvccpb {
     include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
 }
 
+pub mod authpb {
+    include!(concat!(env!("OUT_DIR"), "/authpb.rs"));
+    include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
+}
+
 pub mod etcdserverpb {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
@@ -37,6 +42,14 @@ pub mod v3electionpb {
 
 pub mod raftkvpb {
     include!(concat!(env!("OUT_DIR"), "/raftkvpb.rs"));
+
+    impl Command {
+        /// A command carrying `request`, from nobody in particular (the
+        /// cluster itself); a client's carries its stamp too.
+        pub fn new(request: command::Request) -> Command {
+            Command { request: Some(request), stamp: None }
+        }
+    }
 }
 
 pub mod raftpeer {

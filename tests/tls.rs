@@ -17,10 +17,9 @@ use raftkv::proto::etcdserverpb::{RangeRequest, StatusRequest};
 use raftkv::proto::raftpeer::MembersRequest;
 use raftkv::proto::raftpeer::raft_peer_client::RaftPeerClient;
 use raftkv::tls::generate::{Authority, Issued};
-use raftkv::tls::{Dialer, TlsInfo};
+use raftkv::tls::{Dialer, Target, TlsInfo};
 use support::cluster::Cluster;
-use support::etcdctl::etcdctl;
-use tonic::transport::Endpoint;
+use support::etcdctl::{APP_USER_SETUP, error_line, etcdctl};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -98,8 +97,8 @@ fn start(n: usize, flags: &[String]) -> Cluster {
 
 /// Whether a `Status` call through `dialer` to `url` is answered.
 async fn status_answered(dialer: &Dialer, url: &str) -> bool {
-    let endpoint = Endpoint::from_shared(url.to_string()).unwrap().connect_timeout(Duration::from_secs(2));
-    let Ok(channel) = dialer.connect(&endpoint).await else { return false };
+    let target = Target::new(url).unwrap().with(|e| e.connect_timeout(Duration::from_secs(2)));
+    let Ok(channel) = dialer.connect(&target).await else { return false };
     let mut client = MaintenanceClient::new(channel);
     let call = client.status(StatusRequest {});
     matches!(tokio::time::timeout(Duration::from_secs(5), call).await, Ok(Ok(_)))
@@ -107,8 +106,8 @@ async fn status_answered(dialer: &Dialer, url: &str) -> bool {
 
 /// Whether a peer-service call through `dialer` to `url` is answered.
 async fn peer_answered(dialer: &Dialer, url: &str) -> bool {
-    let endpoint = Endpoint::from_shared(url.to_string()).unwrap().connect_timeout(Duration::from_secs(2));
-    let Ok(channel) = dialer.connect(&endpoint).await else { return false };
+    let target = Target::new(url).unwrap().with(|e| e.connect_timeout(Duration::from_secs(2)));
+    let Ok(channel) = dialer.connect(&target).await else { return false };
     let mut client = RaftPeerClient::new(channel);
     let call = client.members(MembersRequest {});
     matches!(tokio::time::timeout(Duration::from_secs(5), call).await, Ok(Ok(_)))
@@ -305,5 +304,70 @@ async fn python_etcd3_connects_over_mutual_tls() {
         .expect("the Python client (scripts/install-deps)");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && stdout.ends_with("all passed\n"), "{stdout}\n{stderr}\n{}", cluster.logs());
+    cluster.kill(0);
+}
+
+/// With --client-cert-auth and auth enabled, a client certificate's common
+/// name is its user when it sends no token (etcd's rule); etcdctl takes
+/// --user over TLS too; and the etcd-client crate logs in over mutual TLS
+/// and is refused a write outside its user's prefix.
+#[tokio::test(flavor = "multi_thread")]
+async fn over_mutual_tls_a_certificate_names_its_user_and_the_etcd_client_crate_logs_in() {
+    let pki = &*PKI;
+    let app = pki.ca.issue(&pki.dir, "app-client", "app", &["127.0.0.1", "localhost"]).unwrap();
+    let mut flags = mutual_tls_flags(&pki.member);
+    flags.extend(["--bcrypt-cost".to_string(), "4".to_string()]);
+    let mut cluster = start(1, &flags);
+    cluster.wait_leader(LIMIT).await;
+    let endpoint = cluster.members[0].client_url.clone();
+    let ctl = |cert: &Issued, args: &[&str]| {
+        let (ok, out, err) = etcdctl_tls(&endpoint, Some(cert), args);
+        (ok, out, error_line(&err))
+    };
+    for args in APP_USER_SETUP {
+        let (ok, out, error) = ctl(&pki.client, args);
+        assert!(ok, "etcdctl {args:?}: {out}{error}");
+    }
+    // The client certificate's CN is `root`: it administers without a password.
+    let (ok, out, error) = ctl(&pki.client, &["user", "list"]);
+    assert!(ok && out == "app\nroot\n", "{out}{error}");
+    // CN `app`: its prefix only.
+    let (ok, out, error) = ctl(&app, &["put", "app/by-cert", "1"]);
+    assert!(ok, "{out}{error}");
+    let (ok, _, error) = ctl(&app, &["put", "outside", "1"]);
+    assert!(!ok && error == "Error: etcdserver: permission denied", "{error}");
+    let (ok, _, error) = ctl(&app, &["user", "list"]);
+    assert!(!ok && error == "Error: etcdserver: permission denied", "{error}");
+    // A token wins over the certificate: app's certificate, root's password.
+    let (ok, out, error) = ctl(&app, &["--user=root:rootpw", "put", "outside", "1"]);
+    assert!(ok, "{out}{error}");
+
+    let tls = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(std::fs::read(&pki.ca.cert_file).unwrap()))
+        .identity(etcd_client::Identity::from_pem(
+            std::fs::read(&app.cert_file).unwrap(),
+            std::fs::read(&app.key_file).unwrap(),
+        ));
+    let options = etcd_client::ConnectOptions::new().with_tls(tls).with_user("app", "apppw");
+    let mut client = etcd_client::Client::connect([endpoint.as_str()], Some(options)).await.unwrap();
+    client.put("app/by-crate", "1", None).await.unwrap();
+    let got = client.get("app/by-crate", None).await.unwrap();
+    assert_eq!(got.kvs()[0].value(), b"1");
+    let refused = client.put("outside", "2", None).await.unwrap_err().to_string();
+    assert!(refused.contains("etcdserver: permission denied"), "{refused}");
+    let mut wrong = etcd_client::ConnectOptions::new().with_user("app", "wrong");
+    wrong = wrong.with_tls(
+        etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(std::fs::read(&pki.ca.cert_file).unwrap()))
+            .identity(etcd_client::Identity::from_pem(
+                std::fs::read(&app.cert_file).unwrap(),
+                std::fs::read(&app.key_file).unwrap(),
+            )),
+    );
+    let failed = etcd_client::Client::connect([endpoint.as_str()], Some(wrong)).await.err().map(|e| e.to_string());
+    assert!(
+        failed.as_deref().unwrap_or_default().contains("authentication failed, invalid user ID or password"),
+        "{failed:?}"
+    );
     cluster.kill(0);
 }

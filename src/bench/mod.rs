@@ -20,7 +20,8 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tonic::transport::{Channel, Endpoint};
+
+use crate::client::Channel;
 
 use crate::client::ClientError;
 use crate::proto::etcdserverpb::kv_client::KvClient;
@@ -162,11 +163,12 @@ pub(crate) async fn connect(args: &BenchArgs) -> Result<(Vec<Channel>, Vec<Strin
 
 /// A connection of its own to `url`.
 pub(crate) async fn channel_to(url: &str) -> Result<Channel, ClientError> {
-    let endpoint = Endpoint::from_shared(url.to_string()).map_err(|_| ClientError::BadEndpoint(url.to_string()))?;
-    crate::client::dialer()
-        .connect(&endpoint.tcp_nodelay(true))
+    let target = crate::tls::Target::new(url).map_err(|_| ClientError::BadEndpoint(url.to_string()))?;
+    let connection = crate::client::dialer()
+        .connect(&target.with(|e| e.tcp_nodelay(true)))
         .await
-        .map_err(|e| ClientError::Unreachable { endpoints: url.to_string(), last: e.to_string() })
+        .map_err(|e| ClientError::Unreachable { endpoints: url.to_string(), last: e.to_string() })?;
+    Ok(Channel::new(connection))
 }
 
 /// Runs the workload and reports on it.

@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
+use super::Channel;
 use tokio::sync::watch;
-use tonic::transport::Channel;
 
 use super::{Client, ClientError};
 use crate::proto::etcdserverpb::lease_client::LeaseClient;

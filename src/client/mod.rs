@@ -14,7 +14,9 @@
 //! after the last one it delivered.
 
 pub mod alarms;
+pub mod auth;
 pub mod backup;
+pub mod credentials;
 pub mod leases;
 pub mod lock;
 pub mod members;
@@ -24,7 +26,7 @@ pub mod watch;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::tls::Dialer;
 
@@ -35,6 +37,7 @@ use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, MemberListRequest, PutRequest,
     PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse,
 };
+pub use credentials::{Channel, Credentials, use_credentials};
 pub use watch::ResumingWatch;
 
 /// The endpoints of the cluster `raftkv dev` starts.
@@ -84,7 +87,7 @@ impl Client {
         let mut client = Client {
             endpoints: endpoints.to_vec(),
             current: 0,
-            channel: Endpoint::from_static("http://[::1]:1").connect_lazy(),
+            channel: Channel::new(Endpoint::from_static("http://[::1]:1").connect_lazy()),
             leader: None,
             leader_checked: false,
         };
@@ -237,15 +240,14 @@ pub fn dialer() -> Dialer {
 }
 
 async fn connect(url: &str) -> Result<Channel, ClientError> {
-    let endpoint = Endpoint::from_shared(url.to_string())
+    let endpoint = crate::tls::Target::new(url)
         .map_err(|_| ClientError::BadEndpoint(url.to_string()))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10))
-        .tcp_nodelay(true);
-    dialer()
+        .with(|e| e.connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(10)).tcp_nodelay(true));
+    let connection = dialer()
         .connect(&endpoint)
         .await
-        .map_err(|e| ClientError::Unreachable { endpoints: url.to_string(), last: error_chain(&e) })
+        .map_err(|e| ClientError::Unreachable { endpoints: url.to_string(), last: error_chain(&e) })?;
+    Ok(Channel::new(connection))
 }
 
 /// A status's message; for one that stands for a broken connection

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use super::Channel;
 use tonic::{Code, Streaming};
 
 use super::ClientError;
@@ -179,12 +179,13 @@ fn retryable(code: Code) -> bool {
 /// A lazily connected channel to `url`, with HTTP/2 keepalive so a
 /// connection that silently stops delivering is noticed and replaced.
 pub(super) fn channel(url: &str) -> Result<Channel, ClientError> {
-    let endpoint = Endpoint::from_shared(url.to_string()).map_err(|_| ClientError::BadEndpoint(url.to_string()))?;
-    let endpoint = endpoint
-        .connect_timeout(Duration::from_secs(2))
-        .http2_keep_alive_interval(Duration::from_secs(2))
-        .keep_alive_timeout(Duration::from_secs(4))
-        .keep_alive_while_idle(true)
-        .tcp_nodelay(true);
-    Ok(super::dialer().connect_lazy(&endpoint))
+    let target = crate::tls::Target::new(url).map_err(|_| ClientError::BadEndpoint(url.to_string()))?;
+    let endpoint = target.with(|e| {
+        e.connect_timeout(Duration::from_secs(2))
+            .http2_keep_alive_interval(Duration::from_secs(2))
+            .keep_alive_timeout(Duration::from_secs(4))
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true)
+    });
+    Ok(Channel::new(super::dialer().connect_lazy(&endpoint)))
 }

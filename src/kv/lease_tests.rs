@@ -13,11 +13,11 @@ fn b(s: &str) -> Bytes {
 }
 
 fn grant(kv: &mut KvStore, id: i64, ttl: i64) -> Result<ResponseOp, KvError> {
-    kv.apply(&Command { request: Some(command::Request::LeaseGrant(LeaseGrantRequest { id, ttl })) })
+    kv.apply(&Command::new(command::Request::LeaseGrant(LeaseGrantRequest { id, ttl })))
 }
 
 fn revoke(kv: &mut KvStore, id: i64) -> Result<ResponseOp, KvError> {
-    kv.apply(&Command { request: Some(command::Request::LeaseRevoke(LeaseRevokeRequest { id })) })
+    kv.apply(&Command::new(command::Request::LeaseRevoke(LeaseRevokeRequest { id })))
 }
 
 fn put(kv: &mut KvStore, key: &str, lease: i64) -> Result<ResponseOp, KvError> {
@@ -129,7 +129,7 @@ fn checkpoints_record_remaining_ttls_of_live_leases_only() {
     let mut kv = KvStore::new();
     grant(&mut kv, 1, 60).unwrap();
     let checkpoints = vec![LeaseCheckpoint { id: 1, remaining_ttl: 42 }, LeaseCheckpoint { id: 2, remaining_ttl: 5 }];
-    let cp = Command { request: Some(command::Request::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints })) };
+    let cp = Command::new(command::Request::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints }));
     kv.apply(&cp).unwrap();
     assert_eq!(kv.leases().get(1).map(|l| l.remaining), Some(42));
     assert!(!kv.leases().contains(2), "a checkpoint does not create a lease");

@@ -27,6 +27,11 @@
 //! - Leases ([`leases`]) are part of the map's state: a put names the lease
 //!   its key lives under, which must exist; revoking a lease deletes every
 //!   key attached to it in one revision (none: the revision stays).
+//! - So is the auth store ([`crate::auth`]), which this module carries and
+//!   changes by its commands. A key-value command stamped with an auth
+//!   revision older than the store's was checked against permissions that
+//!   may have changed since: it is refused (etcd's "revision of auth store
+//!   is old") and changes nothing; the caller checks again and retries.
 
 mod history;
 mod leases;
@@ -36,6 +41,7 @@ mod txn;
 use bytes::Bytes;
 use imbl::OrdMap;
 
+use crate::auth::{AuthError, AuthStore};
 use crate::proto::etcdserverpb::{AlarmMember, AlarmType};
 use crate::proto::etcdserverpb::{
     CompactionRequest, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
@@ -80,6 +86,8 @@ pub enum KvError {
     NoSpace,
     #[error("command carries no request")]
     EmptyCommand,
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 #[derive(Clone, Debug)]
@@ -94,6 +102,8 @@ pub struct KvStore {
     /// The alarms raised at the same point of the log.
     alarms: std::sync::Arc<Vec<AlarmMember>>,
     leases: Leases,
+    /// Users, roles and permissions at the same point of the log.
+    auth: std::sync::Arc<AuthStore>,
 }
 
 impl Default for KvStore {
@@ -111,6 +121,7 @@ impl KvStore {
             membership: Default::default(),
             alarms: Default::default(),
             leases: Leases::default(),
+            auth: Default::default(),
         }
     }
 
@@ -146,6 +157,7 @@ impl KvStore {
             membership: Default::default(),
             alarms: Default::default(),
             leases: Leases::default(),
+            auth: Default::default(),
         }
     }
 
@@ -157,6 +169,7 @@ impl KvStore {
         kv.membership = std::sync::Arc::new(header.membership.clone().unwrap_or_default());
         kv.alarms = std::sync::Arc::new(header.alarms.clone());
         kv.leases = Leases::rebuilt(&header.leases, kv.map.values());
+        kv.auth = std::sync::Arc::new(AuthStore::from_record(header.auth.as_ref()));
         kv
     }
 
@@ -169,6 +182,7 @@ impl KvStore {
             membership: Some((*self.membership).clone()),
             alarms: (*self.alarms).clone(),
             leases: self.leases.records(),
+            auth: Some(self.auth.record()),
         }
     }
 
@@ -194,6 +208,11 @@ impl KvStore {
     /// The leases granted, with the keys attached to each.
     pub fn leases(&self) -> &Leases {
         &self.leases
+    }
+
+    /// The auth store: users, roles, and whether auth is enabled.
+    pub fn auth(&self) -> &std::sync::Arc<AuthStore> {
+        &self.auth
     }
 
     /// The encoded size of every record the history holds: what a snapshot
@@ -225,6 +244,13 @@ impl KvStore {
     pub fn apply(&mut self, command: &Command) -> Result<ResponseOp, KvError> {
         if write_cost(command) > 0 && self.alarms.iter().any(|a| a.alarm == AlarmType::Nospace as i32) {
             return Err(KvError::NoSpace);
+        }
+        if let Some(stamp) = &command.stamp
+            && self.auth.enabled()
+            && stamp.revision < self.auth.revision()
+            && !matches!(command.request, Some(command::Request::Auth(_)))
+        {
+            return Err(KvError::Auth(AuthError::OldRevision));
         }
         let response = match &command.request {
             // A put or delete checks everything before its one change, so it
@@ -274,6 +300,12 @@ impl KvStore {
                 for c in &req.checkpoints {
                     self.leases.checkpoint(c.id, c.remaining_ttl);
                 }
+                return Ok(ResponseOp { response: None });
+            }
+            Some(command::Request::Auth(change)) => {
+                let mut auth = (*self.auth).clone();
+                auth.apply(change, command.stamp.as_ref())?;
+                self.auth = std::sync::Arc::new(auth);
                 return Ok(ResponseOp { response: None });
             }
             // Member table changes are applied by the server's membership
@@ -501,19 +533,19 @@ fn txn_cost(req: &crate::proto::etcdserverpb::TxnRequest) -> u64 {
 
 /// Builds a command from a request, for proposing.
 pub fn put_command(req: PutRequest) -> Command {
-    Command { request: Some(command::Request::Put(req)) }
+    Command::new(command::Request::Put(req))
 }
 
 pub fn delete_command(req: DeleteRangeRequest) -> Command {
-    Command { request: Some(command::Request::DeleteRange(req)) }
+    Command::new(command::Request::DeleteRange(req))
 }
 
 pub fn compaction_command(req: CompactionRequest) -> Command {
-    Command { request: Some(command::Request::Compaction(req)) }
+    Command::new(command::Request::Compaction(req))
 }
 
 pub fn txn_command(req: crate::proto::etcdserverpb::TxnRequest) -> Command {
-    Command { request: Some(command::Request::Txn(req)) }
+    Command::new(command::Request::Txn(req))
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ pub fn fits(limit: Option<u64>, kv: &KvStore, command: &Command) -> bool {
 pub fn raise_nospace(member: u64) -> Command {
     let req =
         AlarmRequest { action: AlarmAction::Activate as i32, member_id: member, alarm: AlarmType::Nospace as i32 };
-    Command { request: Some(command::Request::Alarm(req)) }
+    Command::new(command::Request::Alarm(req))
 }
 
 /// Applies an ACTIVATE or DEACTIVATE to `alarms`: the new list, and the

@@ -325,9 +325,29 @@ impl ClientListener {
     }
 }
 
+/// A client connection as requests see it (axum's `ConnectInfo`): its
+/// address, and the common name of its verified certificate, if any.
+#[derive(Clone, Debug)]
+pub struct ClientPeer {
+    pub addr: std::net::SocketAddr,
+    pub common_name: Option<std::sync::Arc<str>>,
+}
+
+impl ClientPeer {
+    fn plain(addr: std::net::SocketAddr) -> ClientPeer {
+        ClientPeer { addr, common_name: None }
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, ClientListener>> for ClientPeer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, ClientListener>) -> ClientPeer {
+        stream.remote_addr().clone()
+    }
+}
+
 impl axum::serve::Listener for ClientListener {
     type Io = ClientIo<MaybeTls>;
-    type Addr = std::net::SocketAddr;
+    type Addr = ClientPeer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self {
@@ -336,7 +356,7 @@ impl axum::serve::Listener for ClientListener {
                     Ok((tcp, addr)) => {
                         // Requests and answers are small: never wait for Nagle.
                         let _ = tcp.set_nodelay(true);
-                        return (ClientIo::new(MaybeTls::Plain(tcp)), addr);
+                        return (ClientIo::new(MaybeTls::Plain(tcp)), ClientPeer::plain(addr));
                     }
                     Err(e) => {
                         // Too many open files and the like: wait, as axum does.
@@ -346,7 +366,11 @@ impl axum::serve::Listener for ClientListener {
                 }
             },
             ClientListener::Tls(incoming) => match incoming.accept().await {
-                Some((io, addr)) => (ClientIo::new(io), addr),
+                Some((io, addr)) => {
+                    let cert = io.peer_certificates().and_then(|certs| certs.first());
+                    let common_name = cert.and_then(crate::tls::common_name).map(std::sync::Arc::from);
+                    (ClientIo::new(io), ClientPeer { addr, common_name })
+                }
                 // The accept loop only ends when the server is going away.
                 None => std::future::pending().await,
             },
@@ -355,8 +379,8 @@ impl axum::serve::Listener for ClientListener {
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
         match self {
-            ClientListener::Plain(listener) => listener.local_addr(),
-            ClientListener::Tls(incoming) => Ok(incoming.local_addr()),
+            ClientListener::Plain(listener) => listener.local_addr().map(ClientPeer::plain),
+            ClientListener::Tls(incoming) => Ok(ClientPeer::plain(incoming.local_addr())),
         }
     }
 }

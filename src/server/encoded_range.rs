@@ -151,7 +151,8 @@ impl UnaryService<RangeRequest> for RangeMethod {
     fn call(&mut self, request: Request<RangeRequest>) -> Self::Future {
         let shared = self.0.clone();
         Box::pin(async move {
-            let resp = super::grpc::range(&shared, request.into_inner()).await?;
+            let caller = shared.caller(&request)?;
+            let resp = super::grpc::range(&shared, &caller, request.into_inner()).await?;
             Ok(Response::new(EncodedRange::encode(resp).await?))
         })
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use prost::Message as _;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::Caller;
 use super::node::{NodeError, Request as NodeRequest};
 use super::shared::{Shared, node_status};
 use super::wire::from_wire;
@@ -42,14 +43,16 @@ impl Kv for KvService {
     /// The client port serves `Range` through `KvRoutes`, which encodes
     /// large answers off the workers; this is the same answer, unencoded.
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        Ok(Response::new(range(&self.0, request.into_inner()).await?))
+        let caller = self.0.caller(&request)?;
+        Ok(Response::new(range(&self.0, &caller, request.into_inner()).await?))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let caller = self.0.caller(&request)?;
         let req = request.into_inner();
         self.0.check_size(req.encoded_len())?;
         require_key(&req.key)?;
-        let (op, revision, term) = self.0.write(kv::put_command(req)).await?;
+        let (op, revision, term) = self.0.write_as(&caller, kv::put_command(req)).await?;
         let Some(response_op::Response::ResponsePut(mut resp)) = op.response else { return Err(unexpected()) };
         resp.header = Some(self.0.header(revision, term));
         Ok(Response::new(resp))
@@ -59,19 +62,21 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let caller = self.0.caller(&request)?;
         let req = request.into_inner();
         self.0.check_size(req.encoded_len())?;
         require_key(&req.key)?;
-        let (op, revision, term) = self.0.write(kv::delete_command(req)).await?;
+        let (op, revision, term) = self.0.write_as(&caller, kv::delete_command(req)).await?;
         let Some(response_op::Response::ResponseDeleteRange(mut resp)) = op.response else { return Err(unexpected()) };
         resp.header = Some(self.0.header(revision, term));
         Ok(Response::new(resp))
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let caller = self.0.caller(&request)?;
         let req = request.into_inner();
         self.0.check_size(req.encoded_len())?;
-        let (op, revision, term) = self.0.write(kv::txn_command(req)).await?;
+        let (op, revision, term) = self.0.write_as(&caller, kv::txn_command(req)).await?;
         let Some(response_op::Response::ResponseTxn(mut resp)) = op.response else { return Err(unexpected()) };
         nested_headers(&mut resp, revision);
         resp.header = Some(self.0.header(revision, term));
@@ -82,17 +87,18 @@ impl Kv for KvService {
     /// revision. Applying it drops the history at once, so the answer is
     /// the same with or without `physical`.
     async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        let caller = self.0.caller(&request)?;
         let req = request.into_inner();
-        let (_, revision, term) = self.0.write(kv::compaction_command(req)).await?;
+        let (_, revision, term) = self.0.write_as(&caller, kv::compaction_command(req)).await?;
         Ok(Response::new(CompactionResponse { header: Some(self.0.header(revision, term)) }))
     }
 }
 
-/// Answers a `Range`, header included.
-pub(super) async fn range(shared: &Shared, req: RangeRequest) -> Result<RangeResponse, Status> {
+/// Answers `caller`'s `Range`, header included.
+pub(super) async fn range(shared: &Shared, caller: &Caller, req: RangeRequest) -> Result<RangeResponse, Status> {
     shared.check_size(req.encoded_len())?;
     require_key(&req.key)?;
-    let (mut resp, revision) = shared.range(req).await?;
+    let (mut resp, revision) = shared.range_as(caller, req).await?;
     resp.header = Some(shared.header(revision, shared.status.borrow().term));
     Ok(resp)
 }

@@ -48,6 +48,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use super::auth::Caller;
 use super::shared::Shared;
 use crate::kv;
 use crate::proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, response_op};
@@ -82,6 +83,22 @@ pub fn metrics_router(shared: Arc<Shared>) -> Router {
 
 pub(crate) struct HttpError(pub StatusCode, pub String);
 
+/// The caller of an HTTP request: its `Authorization` (or `token`) header's
+/// token, or its client certificate, as for gRPC.
+pub(crate) struct HttpCaller(pub Caller);
+
+impl axum::extract::FromRequestParts<Arc<Shared>> for HttpCaller {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        shared: &Arc<Shared>,
+    ) -> Result<Self, HttpError> {
+        let peer = super::auth::peer_of(&parts.extensions);
+        Ok(HttpCaller(shared.caller_from_headers(&parts.headers, peer)?))
+    }
+}
+
 /// What a member without a leader can still do, for whoever reads the error.
 const NO_QUORUM_HINT: &str = "this member may be cut off from a majority of the cluster: it still serves \
      serializable reads (GET /v1/kv/{key}?serializable=true), from its own possibly stale copy";
@@ -102,6 +119,8 @@ impl From<tonic::Status> for HttpError {
             tonic::Code::NotFound => StatusCode::NOT_FOUND,
             // The cluster's state refuses the request (a membership rule).
             tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
+            tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+            tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
             // NOSPACE: writes are refused until the alarm is disarmed.
             tonic::Code::ResourceExhausted => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::SERVICE_UNAVAILABLE,
@@ -141,13 +160,14 @@ pub(crate) fn text(b: &[u8]) -> String {
 
 async fn get_key(
     State(shared): State<Arc<Shared>>,
+    HttpCaller(caller): HttpCaller,
     Path(key): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, HttpError> {
     let serializable = flag(&q, "serializable");
     let revision = revision_param(&q)?;
     let req = RangeRequest { key: key.into(), serializable, revision, ..Default::default() };
-    let (resp, _) = shared.range(req).await?;
+    let (resp, _) = shared.range_as(&caller, req).await?;
     let consistency = if serializable { "serializable" } else { "linearizable" };
     match resp.kvs.into_iter().next() {
         Some(kv) => Ok(([("x-raftkv-consistency", consistency)], kv.value).into_response()),
@@ -157,6 +177,7 @@ async fn get_key(
 
 async fn put_key(
     State(shared): State<Arc<Shared>>,
+    HttpCaller(caller): HttpCaller,
     Path(key): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
@@ -167,13 +188,17 @@ async fn put_key(
         None => 0,
     };
     let req = PutRequest { key: key.into(), value: body, lease, ..Default::default() };
-    let (_, revision, _) = shared.write(kv::put_command(req)).await?;
+    let (_, revision, _) = shared.write_as(&caller, kv::put_command(req)).await?;
     Ok(Json(json!({ "revision": revision })).into_response())
 }
 
-async fn delete_key(State(shared): State<Arc<Shared>>, Path(key): Path<String>) -> Result<Response, HttpError> {
+async fn delete_key(
+    State(shared): State<Arc<Shared>>,
+    HttpCaller(caller): HttpCaller,
+    Path(key): Path<String>,
+) -> Result<Response, HttpError> {
     let req = DeleteRangeRequest { key: key.into(), ..Default::default() };
-    let (op, revision, _) = shared.write(kv::delete_command(req)).await?;
+    let (op, revision, _) = shared.write_as(&caller, kv::delete_command(req)).await?;
     let deleted = match op.response {
         Some(response_op::Response::ResponseDeleteRange(r)) => r.deleted,
         _ => 0,
@@ -183,6 +208,7 @@ async fn delete_key(State(shared): State<Arc<Shared>>, Path(key): Path<String>) 
 
 async fn list(
     State(shared): State<Arc<Shared>>,
+    HttpCaller(caller): HttpCaller,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, HttpError> {
     let prefix = q.get("prefix").cloned().unwrap_or_default();
@@ -195,7 +221,7 @@ async fn list(
     };
     let req =
         RangeRequest { key: key.into(), range_end: range_end.into(), serializable, revision, ..Default::default() };
-    let (resp, revision) = shared.range(req).await?;
+    let (resp, revision) = shared.range_as(&caller, req).await?;
     let consistency = if serializable { "serializable" } else { "linearizable" };
     let kvs: Vec<_> = resp
         .kvs

@@ -66,7 +66,7 @@ pub async fn promote_self(shared: Arc<Shared>) {
         }
         if conf.learners.contains(&me) {
             let change = MemberChange { change: Some(member_change::Change::Promote(me)), is_learner: false };
-            match shared.write(Command { request: Some(command::Request::Member(change)) }).await {
+            match shared.write(Command::new(command::Request::Member(change))).await {
                 Ok(_) => {
                     tracing::info!("promoted this member from learner to voter");
                     return;
@@ -157,7 +157,7 @@ pub async fn publish(shared: Arc<Shared>) {
             Some(false) if shared.status.borrow().leader.is_some() => {
                 let change =
                     MemberChange { change: Some(member_change::Change::Publish(wanted.clone())), is_learner: false };
-                match shared.write(Command { request: Some(command::Request::Member(change)) }).await {
+                match shared.write(Command::new(command::Request::Member(change))).await {
                     Ok(_) => {
                         tracing::info!(name = wanted.name, "published this member's name and client URLs");
                         // Applied by the leader: it reaches this member's

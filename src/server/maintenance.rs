@@ -56,6 +56,7 @@ impl Maintenance for MaintenanceService {
     /// The hash of the history up to the revision asked for (0: now), so
     /// members can be compared at one revision while writes go on.
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        self.0.require_admin(&request)?;
         let (hash, revision, compact_revision) = self.0.hash(request.into_inner().revision).await?;
         let term = self.0.status.borrow().term;
         Ok(Response::new(HashKvResponse { header: Some(self.0.header(revision, term)), hash, compact_revision }))
@@ -65,7 +66,8 @@ impl Maintenance for MaintenanceService {
 
     /// Writes a snapshot file of the applied state beside this member's own
     /// snapshots (never in their place), streams it, then removes it.
-    async fn snapshot(&self, _: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.0.require_admin(&request)?;
         let shared = &self.0;
         let (kv, meta) = shared.snapshot_point().await?;
         let status = shared.status.borrow().clone();
@@ -85,6 +87,7 @@ impl Maintenance for MaintenanceService {
 
     /// Sent to the leader, as etcd requires (`etcdctl move-leader` finds it).
     async fn move_leader(&self, request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.0.require_admin(&request)?;
         self.0.move_leader(request.into_inner().target_id).await?;
         let status = self.0.status.borrow().clone();
         Ok(Response::new(MoveLeaderResponse { header: Some(self.0.header(status.revision, status.term)) }))
@@ -94,6 +97,7 @@ impl Maintenance for MaintenanceService {
     /// go through the log and answer the alarm raised or lowered. Clients
     /// raise only NOSPACE: raftkv has no corruption check to back CORRUPT.
     async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let caller = self.0.caller(&request)?;
         let req = request.into_inner();
         let alarms = match AlarmAction::try_from(req.action) {
             Ok(AlarmAction::Get) => self.0.alarms(req.alarm).await?,
@@ -101,8 +105,9 @@ impl Maintenance for MaintenanceService {
                 return Err(Status::invalid_argument("raftkv raises only NOSPACE alarms"));
             }
             Ok(AlarmAction::Activate | AlarmAction::Deactivate) => {
+                self.0.check_admin(&caller)?;
                 let member = AlarmMember { member_id: req.member_id, alarm: req.alarm };
-                let command = Command { request: Some(command::Request::Alarm(req)) };
+                let command = Command::new(command::Request::Alarm(req));
                 let (op, _, _) = self.0.write(command).await?;
                 if alarms::changed(&op) { vec![member] } else { Vec::new() }
             }
@@ -115,7 +120,8 @@ impl Maintenance for MaintenanceService {
     /// Compacts this member's RocksDB column families on a blocking thread;
     /// the key-value state is in memory, so there is nothing else to
     /// rewrite. The Raft loop keeps running meanwhile.
-    async fn defragment(&self, _: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(&self, request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+        self.0.require_admin(&request)?;
         let defragmenter = self.0.defragmenter.clone();
         let started = std::time::Instant::now();
         tokio::task::spawn_blocking(move || defragmenter.run())

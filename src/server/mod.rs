@@ -6,6 +6,7 @@
 //! does), and runs the [`node`] driver until told to stop.
 
 pub mod alarms;
+pub mod auth;
 pub mod authority;
 pub mod compactor;
 pub mod concurrency;
@@ -42,6 +43,7 @@ use tokio::sync::watch as signal;
 use tonic::transport::server::TcpIncoming;
 
 use crate::kv::KvStore;
+use crate::proto::etcdserverpb::auth_server::AuthServer;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
@@ -319,6 +321,7 @@ async fn serve_member(mut settings: Settings, stop: signal::Receiver<bool>) -> R
             .add_service(LeaseServer::new(lease::service::LeaseService(shared.clone())))
             .add_service(LockServer::new(concurrency::lock::LockService(shared.clone())))
             .add_service(ElectionServer::new(concurrency::election::ElectionService(shared.clone())))
+            .add_service(AuthServer::new(auth::service::AuthService(shared.clone())))
             .add_service(
                 WatchServer::new(watch::grpc::WatchService(shared.clone())).max_decoding_message_size(max_message),
             )
@@ -338,6 +341,8 @@ async fn serve_member(mut settings: Settings, stop: signal::Receiver<bool>) -> R
                 drop(starting);
                 let listener = authority::ClientListener::new(listener, tls, "client")
                     .map_err(|source| ServerError::Serve { what: "client", source })?;
+                // Handlers learn the connection's address and certificate.
+                let app = app.into_make_service_with_connect_info::<authority::ClientPeer>();
                 axum::serve(listener, app)
                     .with_graceful_shutdown(async move {
                         let _ = stop.wait_for(|s| *s).await;

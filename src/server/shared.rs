@@ -22,7 +22,7 @@ use super::membership;
 use super::node::{Applied, NodeError, NodeStatus, Request};
 use crate::kv::{KvError, KvStore};
 use crate::proto::etcdserverpb::{AlarmMember, AlarmType, RangeRequest, RangeResponse, ResponseHeader, ResponseOp};
-use crate::proto::raftkvpb::Command;
+use crate::proto::raftkvpb::{AuthStamp, Command};
 use crate::proto::raftpeer::raft_peer_client::RaftPeerClient;
 use crate::proto::{ConfState, Membership};
 use crate::raft::NodeId;
@@ -56,6 +56,8 @@ pub struct Shared {
     pub metrics: Arc<super::metrics::Metrics>,
     /// What the cluster page shows beyond the metrics.
     pub ui: super::ui::Observed,
+    /// This member's auth tokens and its limit on failed authentications.
+    pub authenticator: super::auth::Authenticator,
 }
 
 struct PeerLink {
@@ -84,6 +86,7 @@ impl Shared {
             applied,
             watches: Default::default(),
             lease_ids: super::lease::IdGenerator::new(settings.member_id),
+            authenticator: super::auth::Authenticator::new(&settings.auth, settings.client_cert_auth),
             settings,
             defragmenter,
             forwarders: Mutex::default(),
@@ -223,10 +226,15 @@ impl Shared {
     /// The alarms raised (of type `alarm`; NONE: all), as of a linearizable
     /// read: one raised through another member is seen here at once.
     pub async fn alarms(&self, alarm: i32) -> Result<Vec<AlarmMember>, Status> {
+        Ok(alarms::list(self.linearized().await?.alarms(), alarm))
+    }
+
+    /// The applied state as of a linearizable read: everything committed
+    /// before this call, through any member, is in it.
+    pub async fn linearized(&self) -> Result<KvStore, Status> {
         let barrier = RangeRequest { key: vec![0].into(), count_only: true, ..Default::default() };
         self.range(barrier).await?;
-        let (kv, _) = self.snapshot_point().await?;
-        Ok(alarms::list(kv.alarms(), alarm))
+        Ok(self.snapshot_point().await?.0)
     }
 
     async fn write_through_leader(&self, command: Command) -> Result<WriteResult, Status> {
@@ -270,15 +278,26 @@ impl Shared {
         answer.await.map_err(|_| ForwardError::Failed(timed_out()))?
     }
 
-    /// Serves a read: linearizable through ReadIndex, or from local state.
+    /// Serves the server's own read (no caller's permissions are checked):
+    /// linearizable through ReadIndex, or from local state.
     pub async fn range(&self, req: RangeRequest) -> Result<(RangeResponse, i64), Status> {
+        self.range_for(req, None).await
+    }
+
+    /// Serves a read for `reader`, whose permissions are checked against the
+    /// state it reads.
+    pub async fn range_for(
+        &self,
+        req: RangeRequest,
+        reader: Option<AuthStamp>,
+    ) -> Result<(RangeResponse, i64), Status> {
         self.metrics.reads.inc();
         let linearizable = !req.serializable;
         let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
         loop {
-            let req = req.clone();
-            let attempt =
-                tokio::time::timeout_at(deadline, self.ask(|reply| Request::Range { req, linearizable, reply })).await;
+            let (req, reader) = (req.clone(), reader.clone());
+            let ask = self.ask(|reply| Request::Range { req, reader, linearizable, reply });
+            let attempt = tokio::time::timeout_at(deadline, ask).await;
             match attempt.map_err(|_| timed_out())? {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(
@@ -350,6 +369,7 @@ pub fn timed_out() -> Status {
 
 pub fn kv_status(e: KvError) -> Status {
     match e {
+        KvError::Auth(e) => e.status(),
         KvError::LeaseNotFound => Status::not_found(e.to_string()),
         KvError::LeaseExists => Status::failed_precondition(e.to_string()),
         KvError::NoSpace => Status::resource_exhausted(e.to_string()),

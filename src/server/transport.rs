@@ -16,7 +16,6 @@ use std::time::Duration;
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 
 use super::config::Member;
 use super::membership;
@@ -179,13 +178,14 @@ impl Outbox for Transport {
 /// that silently stopped delivering (a peer host gone without a reset, a
 /// blackholed route) within seconds, instead of when TCP gives up minutes
 /// later; the connection is then closed and made anew.
-pub fn peer_endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_string())?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(2))
-        .keep_alive_while_idle(true))
+pub fn peer_endpoint(url: &str) -> Result<crate::tls::Target, tonic::transport::Error> {
+    Ok(crate::tls::Target::new(url)?.with(|e| {
+        e.connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true)
+    }))
 }
 
 /// What a link counts for `/metrics`.

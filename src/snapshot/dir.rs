@@ -191,6 +191,7 @@ mod tests {
             membership: None,
             alarms: Vec::new(),
             leases: Vec::new(),
+            auth: None,
         }
     }
 

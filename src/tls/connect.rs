@@ -65,9 +65,9 @@ impl Dialer {
         if *info == TlsInfo::default() { Ok(Dialer(None)) } else { Ok(Dialer(Some(info.client_config()?))) }
     }
 
-    /// The configuration for `endpoint`, if it is `https://`.
-    fn tls_for(&self, endpoint: &Endpoint) -> Option<Arc<ClientConfig>> {
-        if endpoint.uri().scheme_str() != Some("https") {
+    /// The configuration for `target`, if it is `https://`.
+    fn tls_for(&self, target: &Target) -> Option<Arc<ClientConfig>> {
+        if !target.tls {
             return None;
         }
         match &self.0 {
@@ -75,27 +75,53 @@ impl Dialer {
             None => match TlsInfo::default().client_config() {
                 Ok(config) => Some(config),
                 Err(e) => {
-                    tracing::warn!("no TLS settings to connect to {} with: {e}", endpoint.uri());
+                    tracing::warn!("no TLS settings to connect to {} with: {e}", target.endpoint.uri());
                     None
                 }
             },
         }
     }
 
-    /// Connects `endpoint` now.
-    pub async fn connect(&self, endpoint: &Endpoint) -> Result<Channel, tonic::transport::Error> {
-        match self.tls_for(endpoint) {
-            Some(config) => endpoint.connect_with_connector(TlsConnector::new(config)).await,
-            None => endpoint.connect().await,
+    /// Connects `target` now.
+    pub async fn connect(&self, target: &Target) -> Result<Channel, tonic::transport::Error> {
+        match self.tls_for(target) {
+            Some(config) => target.endpoint.connect_with_connector(TlsConnector::new(config)).await,
+            None => target.endpoint.connect().await,
         }
     }
 
-    /// A channel to `endpoint` that connects on first use (and again after
+    /// A channel to `target` that connects on first use (and again after
     /// a broken connection).
-    pub fn connect_lazy(&self, endpoint: &Endpoint) -> Channel {
-        match self.tls_for(endpoint) {
-            Some(config) => endpoint.connect_with_connector_lazy(TlsConnector::new(config)),
-            None => endpoint.connect_lazy(),
+    pub fn connect_lazy(&self, target: &Target) -> Channel {
+        match self.tls_for(target) {
+            Some(config) => target.endpoint.connect_with_connector_lazy(TlsConnector::new(config)),
+            None => target.endpoint.connect_lazy(),
         }
+    }
+}
+
+/// A URL to dial: tonic's endpoint for it, and whether it speaks TLS.
+///
+/// For an `https://` URL the endpoint's own URI is `http://` with the real
+/// URL as its origin (which requests carry as their scheme and authority):
+/// tonic built with one of its TLS features (as a dependency of ours may
+/// ask) refuses to dial an `https` URI through any connector but its own.
+#[derive(Clone, Debug)]
+pub struct Target {
+    endpoint: Endpoint,
+    tls: bool,
+}
+
+impl Target {
+    pub fn new(url: &str) -> Result<Target, tonic::transport::Error> {
+        let given = Endpoint::from_shared(url.to_string())?;
+        let Some(rest) = url.strip_prefix("https://") else { return Ok(Target { endpoint: given, tls: false }) };
+        let endpoint = Endpoint::from_shared(format!("http://{rest}"))?.origin(given.uri().clone());
+        Ok(Target { endpoint, tls: true })
+    }
+
+    /// The same target with `configure`'s settings (timeouts, keepalive).
+    pub fn with(self, configure: impl FnOnce(Endpoint) -> Endpoint) -> Target {
+        Target { endpoint: configure(self.endpoint), ..self }
     }
 }

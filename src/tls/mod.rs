@@ -34,7 +34,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 pub use accept::{MaybeTls, TlsIncoming};
-pub use connect::{Dialer, TlsConnector};
+pub use connect::{Dialer, Target, TlsConnector};
 use reload::Reloading;
 
 #[derive(Debug, thiserror::Error)]

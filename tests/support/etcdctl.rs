@@ -27,3 +27,20 @@ pub fn fails(endpoint: &str, args: &[&str]) -> String {
     assert!(!success, "etcdctl {args:?} succeeded:\n{out}");
     err.lines().last().unwrap_or_default().to_string()
 }
+
+/// etcdctl's commands that make `root` (password `rootpw`) and `app`
+/// (password `apppw`, who may read and write `app/` and nothing else), then
+/// enable auth.
+pub const APP_USER_SETUP: &[&[&str]] = &[
+    &["user", "add", "root:rootpw"],
+    &["user", "add", "app:apppw"],
+    &["role", "add", "app-rw"],
+    &["role", "grant-permission", "app-rw", "--prefix=true", "readwrite", "app/"],
+    &["user", "grant-role", "app", "app-rw"],
+    &["auth", "enable"],
+];
+
+/// etcdctl's error line (its retry warnings before it left out).
+pub fn error_line(stderr: &str) -> String {
+    stderr.lines().filter(|l| l.starts_with("Error:")).collect::<Vec<_>>().join("\n")
+}

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tonic::Status;
 
+use super::auth::Caller;
 use super::shared::Shared;
 use crate::kv::{self, KeyRange, KvStore};
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
@@ -59,7 +60,7 @@ fn owner(kv: &KvStore, prefix: &Bytes) -> Option<KeyValue> {
 
 /// The owner of `prefix` as of a linearizable read (etcd's `Get` with
 /// `WithFirstCreate`), with the read's revision.
-async fn owner_now(shared: &Shared, prefix: &Bytes) -> Result<(Option<KeyValue>, i64), Status> {
+async fn owner_now(shared: &Shared, caller: &Caller, prefix: &Bytes) -> Result<(Option<KeyValue>, i64), Status> {
     let req = RangeRequest {
         key: prefix.clone(),
         range_end: kv::prefix_end(prefix).into(),
@@ -68,7 +69,7 @@ async fn owner_now(shared: &Shared, prefix: &Bytes) -> Result<(Option<KeyValue>,
         limit: 1,
         ..Default::default()
     };
-    let (resp, revision) = shared.range(req).await?;
+    let (resp, revision) = shared.range_as(caller, req).await?;
     Ok((resp.kvs.into_iter().next(), revision))
 }
 
@@ -96,9 +97,9 @@ fn delete_op(key: &Bytes) -> RequestOp {
     RequestOp { request: Some(Op::RequestDeleteRange(DeleteRangeRequest { key: key.clone(), ..Default::default() })) }
 }
 
-/// Runs a transaction through the leader: its response, revision and term.
-async fn txn(shared: &Shared, req: TxnRequest) -> Result<(TxnResponse, i64, u64), Status> {
-    let (op, revision, term) = shared.write(kv::txn_command(req)).await?;
+/// Runs `caller`'s transaction through the leader: its response, revision and term.
+async fn txn(shared: &Shared, caller: &Caller, req: TxnRequest) -> Result<(TxnResponse, i64, u64), Status> {
+    let (op, revision, term) = shared.write_as(caller, kv::txn_command(req)).await?;
     match op.response {
         Some(response_op::Response::ResponseTxn(resp)) => Ok((resp, revision, term)),
         _ => Err(Status::internal("the state machine answered a transaction with another kind of response")),
@@ -110,12 +111,13 @@ async fn txn(shared: &Shared, req: TxnRequest) -> Result<(TxnResponse, i64, u64)
 /// there already, with its value.
 async fn join_line(
     shared: &Shared,
+    caller: &Caller,
     key: &Bytes,
     lease: i64,
     value: Bytes,
 ) -> Result<(i64, Option<KeyValue>, i64), Status> {
     let req = if_created_at(key, 0, vec![put_op(key, value, lease)], vec![get_op(key)]);
-    let (resp, revision, _) = txn(shared, req).await?;
+    let (resp, revision, _) = txn(shared, caller, req).await?;
     if resp.succeeded {
         return Ok((revision, None, revision));
     }
@@ -128,8 +130,17 @@ async fn join_line(
 }
 
 /// Waits until `key` (created at `rev`, applied by revision `seen`) is the
-/// first-created key under `prefix`: the applied state where it is.
-async fn wait_turn(shared: &Shared, prefix: &Bytes, key: &Bytes, rev: i64, seen: i64) -> Result<KvStore, Status> {
+/// first-created key under `prefix`: the applied state where it is. The
+/// caller must be allowed to read the line.
+async fn wait_turn(
+    shared: &Shared,
+    caller: &Caller,
+    prefix: &Bytes,
+    key: &Bytes,
+    rev: i64,
+    seen: i64,
+) -> Result<KvStore, Status> {
+    shared.check_read(caller, prefix, &kv::prefix_end(prefix)).map_err(|e| e.status())?;
     let mut applied = shared.applied.clone();
     let range = keys_under(prefix);
     loop {
@@ -151,15 +162,17 @@ async fn wait_turn(shared: &Shared, prefix: &Bytes, key: &Bytes, rev: i64, seen:
 }
 
 /// Deletes a contender's key if it is dropped before [`Release::disarm`]:
-/// a contender whose client stopped waiting leaves the line.
+/// a contender whose client stopped waiting leaves the line. The delete is
+/// the caller's, so it needs the caller's permission.
 struct Release {
     shared: Arc<Shared>,
+    caller: Caller,
     key: Option<Bytes>,
 }
 
 impl Release {
-    fn new(shared: &Arc<Shared>, key: &Bytes) -> Release {
-        Release { shared: shared.clone(), key: Some(key.clone()) }
+    fn new(shared: &Arc<Shared>, caller: &Caller, key: &Bytes) -> Release {
+        Release { shared: shared.clone(), caller: caller.clone(), key: Some(key.clone()) }
     }
 
     fn disarm(mut self) {
@@ -170,10 +183,10 @@ impl Release {
 impl Drop for Release {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            let shared = self.shared.clone();
+            let (shared, caller) = (self.shared.clone(), self.caller.clone());
             tokio::spawn(async move {
                 let req = DeleteRangeRequest { key, ..Default::default() };
-                if let Err(e) = shared.write(kv::delete_command(req)).await {
+                if let Err(e) = shared.write_as(&caller, kv::delete_command(req)).await {
                     tracing::warn!("could not delete an abandoned lock or election key: {}", e.message());
                 }
             });

@@ -13,7 +13,7 @@
 //! and `{"error": M, "message": M, "code": N}`. Streaming methods answer
 //! with one `{"result": ...}` line per message (see [`stream`]).
 //!
-//! Auth (`/v3/auth/*`) is not served: the Auth service does not exist yet.
+//! A request's `Authorization` header is its auth token, as in etcd's.
 
 mod stream;
 
@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, post};
 use axum::{Json, Router};
@@ -29,6 +29,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::Status;
 
+use super::auth::service::AuthService;
 use super::concurrency::election::ElectionService;
 use super::concurrency::lock::LockService;
 use super::grpc::KvService;
@@ -36,6 +37,7 @@ use super::lease::service::LeaseService;
 use super::maintenance::MaintenanceService;
 use super::membership::service::ClusterService;
 use super::shared::Shared;
+use crate::proto::etcdserverpb::auth_server::Auth as _;
 use crate::proto::etcdserverpb::cluster_server::Cluster as _;
 use crate::proto::etcdserverpb::kv_server::Kv as _;
 use crate::proto::etcdserverpb::lease_server::Lease as _;
@@ -49,9 +51,9 @@ const PREFIXES: [&str; 2] = ["/v3", "/v3beta"];
 /// A route calling `$service`'s unary `$method` with the decoded body.
 macro_rules! unary {
     ($service:ident, $method:ident) => {
-        post(|State(shared): State<Arc<Shared>>, body: Bytes| async move {
+        post(|State(shared): State<Arc<Shared>>, headers: HeaderMap, extensions: Extensions, body: Bytes| async move {
             match decode(&body) {
-                Ok(req) => reply($service(shared).$method(tonic::Request::new(req)).await),
+                Ok(req) => reply($service(shared).$method(grpc_request(req, headers, extensions)).await),
                 Err(status) => error(&status),
             }
         })
@@ -61,9 +63,9 @@ macro_rules! unary {
 /// A route calling `$service`'s server-streaming `$method`.
 macro_rules! server_stream {
     ($service:ident, $method:ident) => {
-        post(|State(shared): State<Arc<Shared>>, body: Bytes| async move {
+        post(|State(shared): State<Arc<Shared>>, headers: HeaderMap, extensions: Extensions, body: Bytes| async move {
             match decode(&body) {
-                Ok(req) => match $service(shared).$method(tonic::Request::new(req)).await {
+                Ok(req) => match $service(shared).$method(grpc_request(req, headers, extensions)).await {
                     Ok(responses) => stream::reply(responses.into_inner()),
                     Err(status) => error(&status),
                 },
@@ -107,6 +109,23 @@ pub fn routes() -> Router<Arc<Shared>> {
         ("/election/leader", unary!(ElectionService, leader)),
         ("/election/observe", server_stream!(ElectionService, observe)),
         ("/election/resign", unary!(ElectionService, resign)),
+        ("/auth/enable", unary!(AuthService, auth_enable)),
+        ("/auth/disable", unary!(AuthService, auth_disable)),
+        ("/auth/status", unary!(AuthService, auth_status)),
+        ("/auth/authenticate", unary!(AuthService, authenticate)),
+        ("/auth/user/add", unary!(AuthService, user_add)),
+        ("/auth/user/get", unary!(AuthService, user_get)),
+        ("/auth/user/list", unary!(AuthService, user_list)),
+        ("/auth/user/delete", unary!(AuthService, user_delete)),
+        ("/auth/user/changepw", unary!(AuthService, user_change_password)),
+        ("/auth/user/grant", unary!(AuthService, user_grant_role)),
+        ("/auth/user/revoke", unary!(AuthService, user_revoke_role)),
+        ("/auth/role/add", unary!(AuthService, role_add)),
+        ("/auth/role/get", unary!(AuthService, role_get)),
+        ("/auth/role/list", unary!(AuthService, role_list)),
+        ("/auth/role/delete", unary!(AuthService, role_delete)),
+        ("/auth/role/grant", unary!(AuthService, role_grant_permission)),
+        ("/auth/role/revoke", unary!(AuthService, role_revoke_permission)),
     ];
     let mut router = Router::new();
     for (path, method) in methods {
@@ -117,6 +136,13 @@ pub fn routes() -> Router<Arc<Shared>> {
         }
     }
     router
+}
+
+/// The gRPC request a gateway call makes: its headers as metadata (so
+/// `Authorization` carries the token, as through etcd's gateway) and the
+/// connection's details.
+fn grpc_request<T>(message: T, headers: HeaderMap, extensions: Extensions) -> tonic::Request<T> {
+    tonic::Request::from_parts(tonic::metadata::MetadataMap::from_headers(headers), extensions, message)
 }
 
 /// The request message of `body`: the empty message when there is none.

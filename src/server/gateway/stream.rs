@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
+use axum::http::{Extensions, HeaderMap};
 use axum::response::Response;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -26,19 +27,38 @@ use tonic::Status;
 
 use super::{http_status, streaming};
 use crate::proto::etcdserverpb::{LeaseKeepAliveRequest, WatchRequest};
+use crate::server::auth::peer_of;
 use crate::server::shared::Shared;
 
 /// Requests decoded from a body, and answer lines, in flight at once.
 const QUEUE: usize = 16;
 
 /// `POST /v3/watch`.
-pub(super) async fn watch(State(shared): State<Arc<Shared>>, body: Body) -> Response {
+pub(super) async fn watch(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    extensions: Extensions,
+    body: Body,
+) -> Response {
+    let caller = match shared.caller_from_headers(&headers, peer_of(&extensions)) {
+        Ok(caller) => caller,
+        Err(status) => return super::error(&status),
+    };
     let requests = requests::<WatchRequest>(body).chain(tokio_stream::pending());
-    reply(ReceiverStream::new(crate::server::watch::serve(shared, requests)))
+    reply(ReceiverStream::new(crate::server::watch::serve(shared, caller, requests)))
 }
 
 /// `POST /v3/lease/keepalive`.
-pub(super) async fn keep_alive(State(shared): State<Arc<Shared>>, body: Body) -> Response {
+pub(super) async fn keep_alive(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    extensions: Extensions,
+    body: Body,
+) -> Response {
+    let caller = shared.caller_from_headers(&headers, peer_of(&extensions));
+    if let Err(status) = caller.and_then(|caller| shared.check_authenticated(&caller)) {
+        return super::error(&status);
+    }
     reply(crate::server::lease::service::keep_alive(shared, requests::<LeaseKeepAliveRequest>(body)))
 }
 

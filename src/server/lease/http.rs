@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use super::service::{grant_command, leases, revoke_command};
 use crate::proto::etcdserverpb::{LeaseGrantRequest, LeaseTimeToLiveRequest};
-use crate::server::http::{HttpError, flag, json_body, text};
+use crate::server::http::{HttpCaller, HttpError, flag, json_body, text};
 use crate::server::shared::Shared;
 
 pub fn routes() -> Router<Arc<Shared>> {
@@ -50,25 +50,29 @@ fn gone(id: i64) -> HttpError {
 
 async fn grant(
     State(shared): State<Arc<Shared>>,
+    HttpCaller(caller): HttpCaller,
     bytes: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), HttpError> {
     let GrantBody { ttl, id } = json_body(&bytes)?;
     let id = id.as_deref().map(parse_id).transpose()?.unwrap_or(0);
     let (command, id, ttl) = grant_command(&shared, &LeaseGrantRequest { ttl, id })?;
-    let (_, revision, _) = shared.write(command).await?;
+    let (_, revision, _) = shared.write_as(&caller, command).await?;
     Ok((StatusCode::CREATED, Json(json!({ "id": format!("{id:016x}"), "ttl": ttl, "revision": revision }))))
 }
 
-async fn list(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, HttpError> {
+async fn list(State(shared): State<Arc<Shared>>, HttpCaller(caller): HttpCaller) -> Result<Json<Value>, HttpError> {
+    shared.check_authenticated(&caller)?;
     let ids: Vec<String> = leases(&shared).await?.into_iter().map(|id| format!("{id:016x}")).collect();
     Ok(Json(json!({ "leases": ids })))
 }
 
 async fn time_to_live(
     State(shared): State<Arc<Shared>>,
+    HttpCaller(caller): HttpCaller,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, HttpError> {
+    shared.check_authenticated(&caller)?;
     let id = parse_id(&id)?;
     let resp = super::time_to_live(&shared, LeaseTimeToLiveRequest { id, keys: flag(&q, "keys") }).await?;
     if resp.ttl == -1 {
@@ -78,7 +82,12 @@ async fn time_to_live(
     Ok(Json(json!({ "id": format!("{id:016x}"), "ttl": resp.ttl, "granted_ttl": resp.granted_ttl, "keys": keys })))
 }
 
-async fn keep_alive(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Json<Value>, HttpError> {
+async fn keep_alive(
+    State(shared): State<Arc<Shared>>,
+    HttpCaller(caller): HttpCaller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, HttpError> {
+    shared.check_authenticated(&caller)?;
     let id = parse_id(&id)?;
     match super::renew(&shared, id).await? {
         0 => Err(gone(id)),
@@ -86,8 +95,12 @@ async fn keep_alive(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -
     }
 }
 
-async fn revoke(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Json<Value>, HttpError> {
+async fn revoke(
+    State(shared): State<Arc<Shared>>,
+    HttpCaller(caller): HttpCaller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, HttpError> {
     let id = parse_id(&id)?;
-    let (_, revision, _) = shared.write(revoke_command(id)).await?;
+    let (_, revision, _) = shared.write_as(&caller, revoke_command(id)).await?;
     Ok(Json(json!({ "revision": revision })))
 }

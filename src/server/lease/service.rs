@@ -12,7 +12,7 @@ use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
     LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
-    LeaseTimeToLiveResponse, RangeRequest,
+    LeaseTimeToLiveResponse,
 };
 use crate::proto::raftkvpb::{Command, command};
 use crate::server::shared::Shared;
@@ -28,19 +28,16 @@ pub fn grant_command(shared: &Shared, req: &LeaseGrantRequest) -> Result<(Comman
     let ttl = req.ttl.max(shared.settings.min_lease_ttl());
     let id = if req.id == 0 { shared.lease_ids.next() } else { req.id };
     let grant = LeaseGrantRequest { ttl, id };
-    Ok((Command { request: Some(command::Request::LeaseGrant(grant)) }, id, ttl))
+    Ok((Command::new(command::Request::LeaseGrant(grant)), id, ttl))
 }
 
 pub fn revoke_command(id: i64) -> Command {
-    Command { request: Some(command::Request::LeaseRevoke(LeaseRevokeRequest { id })) }
+    Command::new(command::Request::LeaseRevoke(LeaseRevokeRequest { id }))
 }
 
 /// The leases granted, as of a linearizable read.
 pub async fn leases(shared: &Shared) -> Result<Vec<i64>, Status> {
-    let barrier = RangeRequest { key: vec![0].into(), count_only: true, ..Default::default() };
-    shared.range(barrier).await?;
-    let (kv, _) = shared.snapshot_point().await?;
-    Ok(kv.leases().iter().map(|(id, _)| id).collect())
+    Ok(shared.linearized().await?.leases().iter().map(|(id, _)| id).collect())
 }
 
 /// Answers each keep-alive of `incoming` in order, as etcd does, until the
@@ -76,8 +73,9 @@ where
 #[tonic::async_trait]
 impl Lease for LeaseService {
     async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+        let caller = self.0.caller(&request)?;
         let (command, id, ttl) = grant_command(&self.0, &request.into_inner())?;
-        let (_, revision, term) = self.0.write(command).await?;
+        let (_, revision, term) = self.0.write_as(&caller, command).await?;
         Ok(Response::new(LeaseGrantResponse {
             header: Some(self.0.header(revision, term)),
             id,
@@ -90,7 +88,8 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let (_, revision, term) = self.0.write(revoke_command(request.into_inner().id)).await?;
+        let caller = self.0.caller(&request)?;
+        let (_, revision, term) = self.0.write_as(&caller, revoke_command(request.into_inner().id)).await?;
         Ok(Response::new(LeaseRevokeResponse { header: Some(self.0.header(revision, term)) }))
     }
 
@@ -100,6 +99,8 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let caller = self.0.caller(&request)?;
+        self.0.check_authenticated(&caller)?;
         Ok(Response::new(Box::pin(keep_alive(self.0.clone(), request.into_inner()))))
     }
 
@@ -107,13 +108,20 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let caller = self.0.caller(&request)?;
+        self.0.check_authenticated(&caller)?;
         let mut resp = time_to_live(&self.0, request.into_inner()).await?;
         let status = self.0.status.borrow().clone();
         resp.header = Some(self.0.header(status.revision, status.term));
         Ok(Response::new(resp))
     }
 
-    async fn lease_leases(&self, _: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
+    async fn lease_leases(
+        &self,
+        request: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        let caller = self.0.caller(&request)?;
+        self.0.check_authenticated(&caller)?;
         let leases = leases(&self.0).await?.into_iter().map(|id| LeaseStatus { id }).collect();
         let status = self.0.status.borrow().clone();
         Ok(Response::new(LeaseLeasesResponse { header: Some(self.0.header(status.revision, status.term)), leases }))

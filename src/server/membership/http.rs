@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use super::service;
 use crate::proto::etcdserverpb::Member;
-use crate::server::http::{HttpError, json_body as body};
+use crate::server::http::{HttpCaller, HttpError, json_body as body};
 use crate::server::shared::Shared;
 
 pub fn routes() -> Router<Arc<Shared>> {
@@ -74,8 +74,10 @@ async fn list(State(shared): State<Arc<Shared>>) -> Json<Value> {
 
 async fn add(
     State(shared): State<Arc<Shared>>,
+    HttpCaller(caller): HttpCaller,
     bytes: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), HttpError> {
+    shared.check_admin(&caller)?;
     let AddBody { peer_urls, is_learner } = body(&bytes)?;
     let member = service::add(&shared, peer_urls, is_learner).await?;
     let mut answer = members_json(&shared);
@@ -85,21 +87,33 @@ async fn add(
 
 async fn update(
     State(shared): State<Arc<Shared>>,
+    HttpCaller(caller): HttpCaller,
     Path(id): Path<String>,
     bytes: axum::body::Bytes,
 ) -> Result<Json<Value>, HttpError> {
+    shared.check_admin(&caller)?;
     let id = parse_id(&id)?;
     let UpdateBody { peer_urls } = body(&bytes)?;
     service::update(&shared, id, peer_urls).await?;
     Ok(Json(members_json(&shared)))
 }
 
-async fn promote(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Json<Value>, HttpError> {
+async fn promote(
+    State(shared): State<Arc<Shared>>,
+    HttpCaller(caller): HttpCaller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, HttpError> {
+    shared.check_admin(&caller)?;
     service::promote(&shared, parse_id(&id)?).await?;
     Ok(Json(members_json(&shared)))
 }
 
-async fn remove(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Json<Value>, HttpError> {
+async fn remove(
+    State(shared): State<Arc<Shared>>,
+    HttpCaller(caller): HttpCaller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, HttpError> {
+    shared.check_admin(&caller)?;
     service::remove(&shared, parse_id(&id)?).await?;
     Ok(Json(members_json(&shared)))
 }

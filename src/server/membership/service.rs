@@ -59,7 +59,7 @@ async fn change(
     applied: impl Fn(&Membership, &ConfState) -> bool,
 ) -> Result<(), Status> {
     let change = MemberChange { change: Some(change), is_learner };
-    shared.write(Command { request: Some(command::Request::Member(change)) }).await?;
+    shared.write(Command::new(command::Request::Member(change))).await?;
     // Applied by the leader, so made; the list in the answer shows it once
     // this member applied it too (if it does not in time, it may not).
     let seen = |shared: &Shared| {
@@ -75,6 +75,7 @@ pub struct ClusterService(pub Arc<Shared>);
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(&self, request: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+        self.0.require_admin(&request)?;
         let req = request.into_inner();
         let member = add(&self.0, req.peer_ur_ls, req.is_learner).await?;
         let (header, members) = list(&self.0);
@@ -85,6 +86,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.0.require_admin(&request)?;
         remove(&self.0, request.into_inner().id).await?;
         let (header, members) = list(&self.0);
         Ok(Response::new(MemberRemoveResponse { header: Some(header), members }))
@@ -94,6 +96,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.0.require_admin(&request)?;
         let req = request.into_inner();
         update(&self.0, req.id, req.peer_ur_ls).await?;
         let (header, members) = list(&self.0);
@@ -109,6 +112,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.0.require_admin(&request)?;
         promote(&self.0, request.into_inner().id).await?;
         let (header, members) = list(&self.0);
         Ok(Response::new(MemberPromoteResponse { header: Some(header), members }))

@@ -133,7 +133,7 @@ impl Node {
         let checkpoints = lessor.checkpoints(self.kv.leases(), now);
         for id in expired {
             tracing::debug!(lease = format!("{id:x}"), "lease expired: proposing its revocation");
-            let revoke = Command { request: Some(command::Request::LeaseRevoke(LeaseRevokeRequest { id })) };
+            let revoke = Command::new(command::Request::LeaseRevoke(LeaseRevokeRequest { id }));
             self.propose_internal(&revoke);
         }
         for batch in checkpoints.chunks(CHECKPOINTS_PER_ENTRY) {
@@ -180,5 +180,5 @@ impl Node {
 }
 
 fn checkpoint_command(checkpoints: Vec<LeaseCheckpoint>) -> Command {
-    Command { request: Some(command::Request::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints })) }
+    Command::new(command::Request::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints }))
 }

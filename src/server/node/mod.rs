@@ -103,6 +103,8 @@ pub enum Request {
     },
     Range {
         req: RangeRequest,
+        /// Whose read it is (None: the server's own, unchecked).
+        reader: Option<crate::proto::raftkvpb::AuthStamp>,
         linearizable: bool,
         reply: oneshot::Sender<Result<(RangeResponse, i64), NodeError>>,
     },
@@ -400,10 +402,12 @@ impl Node {
                     }
                 }
             }
-            Request::Range { req, linearizable: false, reply } => {
-                self.reads.serve(&self.kv, PendingRead { req, reply })
+            Request::Range { req, reader, linearizable: false, reply } => {
+                self.reads.serve(&self.kv, PendingRead { req, reader, reply })
             }
-            Request::Range { req, linearizable: true, reply } => self.reads.queue(PendingRead { req, reply }),
+            Request::Range { req, reader, linearizable: true, reply } => {
+                self.reads.queue(PendingRead { req, reader, reply })
+            }
             Request::Hash { revision, reply } => self.reads.hash(&self.kv, revision, reply),
             Request::SnapshotPoint { reply } => {
                 let applied = self.raft.applied_index();
@@ -646,12 +650,12 @@ impl Node {
             None // a leader's no-op
         } else {
             Some(match Command::decode(entry.data.clone()) {
-                Ok(Command { request: Some(command::Request::Member(change)) }) => {
+                Ok(Command { request: Some(command::Request::Member(change)), .. }) => {
                     let table = membership::apply_command(self.kv.membership(), &change);
                     self.set_membership(table);
                     Ok(ResponseOp::default())
                 }
-                Ok(Command { request: Some(command::Request::Alarm(req)) }) => {
+                Ok(Command { request: Some(command::Request::Alarm(req)), .. }) => {
                     let (alarms, changed) = super::alarms::apply(self.kv.alarms(), &req);
                     if alarms != **self.kv.alarms() {
                         let raised = alarms.iter().map(super::alarms::describe).collect::<Vec<_>>();
@@ -713,6 +717,7 @@ impl Node {
             (kv.revision(), kv.compact_revision()) != (self.kv.revision(), self.kv.compact_revision())
                 || !std::sync::Arc::ptr_eq(kv.membership(), self.kv.membership())
                 || !std::sync::Arc::ptr_eq(kv.alarms(), self.kv.alarms())
+                || !std::sync::Arc::ptr_eq(kv.auth(), self.kv.auth())
         };
         if stale {
             // Watchers read what they need from the copy's history.

@@ -20,12 +20,16 @@ use tokio::sync::oneshot;
 use super::NodeError;
 use crate::kv::{KvError, KvStore};
 use crate::proto::etcdserverpb::{RangeRequest, RangeResponse};
+use crate::proto::raftkvpb::AuthStamp;
 use crate::raft::Raft;
 
 pub type RangeReply = oneshot::Sender<Result<(RangeResponse, i64), NodeError>>;
 
 pub struct PendingRead {
     pub req: RangeRequest,
+    /// Whose read it is, checked against the permissions of the state it
+    /// reads (None: the server's own).
+    pub reader: Option<AuthStamp>,
     pub reply: RangeReply,
 }
 
@@ -148,12 +152,14 @@ impl Reads {
     /// thread from a clone (O(1)) of the map.
     pub fn serve(&self, kv: &KvStore, read: PendingRead) {
         if read.req.range_end.is_empty() {
-            let _ = read.reply.send(range(kv, &read.req));
+            let answer = range(kv, &read);
+            let _ = read.reply.send(answer);
             return;
         }
         let kv = kv.clone();
         self.runtime.spawn_blocking(move || {
-            let _ = read.reply.send(range(&kv, &read.req));
+            let answer = range(&kv, &read);
+            let _ = read.reply.send(answer);
         });
     }
 
@@ -173,8 +179,12 @@ impl Reads {
     }
 }
 
-fn range(kv: &KvStore, req: &RangeRequest) -> Result<(RangeResponse, i64), NodeError> {
-    Ok((kv.range(req)?, kv.revision()))
+fn range(kv: &KvStore, read: &PendingRead) -> Result<(RangeResponse, i64), NodeError> {
+    if let Some(reader) = &read.reader {
+        let user = Some(reader.user.as_str()).filter(|u| !u.is_empty());
+        crate::auth::requests::check_range(kv.auth(), user, &read.req).map_err(KvError::Auth)?;
+    }
+    Ok((kv.range(&read.req)?, kv.revision()))
 }
 
 fn fail(reads: Vec<PendingRead>, e: NodeError) {

@@ -124,7 +124,7 @@ impl Harness {
     fn read(&mut self, id: NodeId, key: &str) -> oneshot::Receiver<Result<(RangeResponse, i64), NodeError>> {
         let (reply, answer) = oneshot::channel();
         let req = RangeRequest { key: key.to_owned().into(), ..Default::default() };
-        self.input(id, Request::Range { req, linearizable: true, reply });
+        self.input(id, Request::Range { req, reader: None, linearizable: true, reply });
         answer
     }
 
@@ -364,7 +364,7 @@ impl Harness {
 
     fn grant(&mut self, leader: NodeId, lease: i64, ttl: i64) {
         let grant = crate::proto::etcdserverpb::LeaseGrantRequest { id: lease, ttl };
-        let mut answer = self.propose(leader, Command { request: Some(command::Request::LeaseGrant(grant)) });
+        let mut answer = self.propose(leader, Command::new(command::Request::LeaseGrant(grant)));
         self.deliver(|_| true);
         assert!(answer.try_recv().unwrap().unwrap().result.is_ok());
     }

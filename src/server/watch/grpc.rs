@@ -17,6 +17,7 @@ impl Watch for WatchService {
     type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
 
     async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
-        Ok(Response::new(ReceiverStream::new(super::serve(self.0.clone(), request.into_inner()))))
+        let caller = self.0.caller(&request)?;
+        Ok(Response::new(ReceiverStream::new(super::serve(self.0.clone(), caller, request.into_inner()))))
     }
 }

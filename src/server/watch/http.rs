@@ -36,7 +36,7 @@ use crate::kv::prefix_end;
 use crate::proto::etcdserverpb::watch_request::RequestUnion;
 use crate::proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
 use crate::proto::mvccpb::event::EventType;
-use crate::server::http::{HttpError, flag, revision_param, text};
+use crate::server::http::{HttpCaller, HttpError, flag, revision_param, text};
 use crate::server::shared::Shared;
 
 /// Lines queued for a client before the stream waits for it.
@@ -44,6 +44,7 @@ const LINE_QUEUE: usize = 16;
 
 pub(crate) async fn watch(
     State(shared): State<Arc<Shared>>,
+    HttpCaller(caller): HttpCaller,
     Path(key): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, HttpError> {
@@ -59,7 +60,7 @@ pub(crate) async fn watch(
     let request = WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) };
     // The request side stays open: the watch lives as long as the response.
     let requests = tokio_stream::iter([Ok(request)]).chain(tokio_stream::pending());
-    let mut responses = super::serve(shared, requests);
+    let mut responses = super::serve(shared, caller, requests);
     let (lines, body) = mpsc::channel::<Result<Bytes, Infallible>>(LINE_QUEUE);
     tokio::spawn(async move {
         // Ends when the watch ends or the client hangs up (the body is

@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 
+use super::auth::Caller;
 use super::shared::Shared;
 use crate::kv::{Change, KeyRange, KvStore};
 use crate::proto::etcdserverpb::watch_create_request::FilterType;
@@ -81,13 +82,14 @@ pub type Responses = mpsc::Receiver<Result<WatchResponse, Status>>;
 /// Serves one watch stream whose client sends `requests`, on a task of its
 /// own, until the client goes (its requests end or it drops the receiver)
 /// or the member stops (the last item is then `Unavailable`).
-pub fn serve<R>(shared: Arc<Shared>, requests: R) -> Responses
+/// Each watcher `caller` creates must be allowed to read its keys then.
+pub fn serve<R>(shared: Arc<Shared>, caller: Caller, requests: R) -> Responses
 where
     R: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
 {
     let (out, responses) = mpsc::channel(STREAM_QUEUE);
     shared.watches.streams.fetch_add(1, Ordering::Relaxed);
-    let stream = WatchStream { shared, out, watchers: BTreeMap::new(), next_id: 0 };
+    let stream = WatchStream { shared, caller, out, watchers: BTreeMap::new(), next_id: 0 };
     tokio::spawn(stream.run(requests));
     responses
 }
@@ -134,6 +136,8 @@ struct Gone;
 
 struct WatchStream {
     shared: Arc<Shared>,
+    /// Who opened the stream (its token's user, or its certificate's).
+    caller: Caller,
     out: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     /// The next id given to a watcher whose client did not choose one (etcd
@@ -226,6 +230,11 @@ impl WatchStream {
             Ok(range) => range,
             Err(e) => return self.send(refuse(id, e.to_string())).await,
         };
+        // As etcd: a watch the caller may not read is refused with the
+        // invalid watch id (-1), so the client library ends just that watch.
+        if let Err(e) = self.shared.check_read(&self.caller, &create.key, &create.range_end) {
+            return self.send(refuse(-1, e.to_string())).await;
+        }
         let filters = |f: FilterType| create.filters.contains(&(f as i32));
         let next = if create.start_revision > 0 { create.start_revision } else { kv.revision() + 1 };
         self.send(WatchResponse { watch_id: id, created: true, ..self.response(kv.revision()) }).await?;

@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::auth::AuthSettings;
+use super::auth::tokens::TokenKind;
 use super::compactor::{AutoCompaction, parse_duration};
 use crate::tls::{Dialer, TlsInfo};
+use tls::Side;
 
 /// Settings as given: every field optional, so that flags, environment and
 /// file can be layered.
@@ -147,6 +150,17 @@ pub struct ServerArgs {
     /// Accept only peer certificates with this common name.
     #[arg(long, env = "RAFTKV_PEER_CERT_ALLOWED_CN")]
     pub peer_cert_allowed_cn: Option<String>,
+    /// Auth tokens: `simple` (the default; valid on the member that issued
+    /// them) or `jwt,pub-key=F,priv-key=F,sign-method=RS256[,ttl=5m]`.
+    #[arg(long, env = "RAFTKV_AUTH_TOKEN")]
+    pub auth_token: Option<String>,
+    /// Seconds a simple token lives after its last use (default 300).
+    #[arg(long, env = "RAFTKV_AUTH_TOKEN_TTL")]
+    pub auth_token_ttl: Option<u64>,
+    /// bcrypt's cost for the password hashes of new users (4 to 31;
+    /// default 10, as etcd's).
+    #[arg(long, env = "RAFTKV_BCRYPT_COST")]
+    pub bcrypt_cost: Option<u32>,
 }
 
 /// etcd's default space quota (`DefaultQuotaBytes`).
@@ -229,6 +243,10 @@ pub struct Settings {
     /// The data size past which writes raise NOSPACE (None: no quota).
     pub quota_bytes: Option<u64>,
     pub lease_checkpoint_interval: Duration,
+    /// Whether clients must present a certificate (its common name is then
+    /// a user, when a request has no token).
+    pub client_cert_auth: bool,
+    pub auth: AuthSettings,
 }
 
 impl ServerArgs {
@@ -277,6 +295,9 @@ impl ServerArgs {
             peer_client_cert_auth: self.peer_client_cert_auth || file.peer_client_cert_auth,
             peer_auto_tls: self.peer_auto_tls || file.peer_auto_tls,
             peer_cert_allowed_cn: self.peer_cert_allowed_cn.or(file.peer_cert_allowed_cn),
+            auth_token: self.auth_token.or(file.auth_token),
+            auth_token_ttl: self.auth_token_ttl.or(file.auth_token_ttl),
+            bcrypt_cost: self.bcrypt_cost.or(file.bcrypt_cost),
         }
     }
 
@@ -360,6 +381,23 @@ impl ServerArgs {
         let lease_checkpoint_interval = parse_duration(&checkpoints).filter(|d| !d.is_zero()).ok_or_else(|| {
             invalid("lease-checkpoint-interval", format!("`{checkpoints}` is not a duration such as 5s or 1m"))
         })?;
+        let auth = AuthSettings {
+            token: TokenKind::parse(self.auth_token.as_deref().unwrap_or("simple"))
+                .map_err(|reason| invalid("auth-token", reason))?,
+            simple_ttl: match self.auth_token_ttl {
+                Some(0) => return Err(invalid("auth-token-ttl", "must be at least 1 second")),
+                Some(seconds) => Duration::from_secs(seconds),
+                None => AuthSettings::default().simple_ttl,
+            },
+            bcrypt_cost: match self.bcrypt_cost {
+                Some(cost) if !(4..=31).contains(&cost) => {
+                    return Err(invalid("bcrypt-cost", format!("{cost} is not between 4 and 31")));
+                }
+                Some(cost) => cost,
+                None => AuthSettings::default().bcrypt_cost,
+            },
+        };
+        let client_cert_auth = self.client_cert_auth;
         let client_side = Side {
             name: "client",
             cert_flag: "cert-file",
@@ -420,6 +458,8 @@ impl ServerArgs {
             auto_compaction,
             watch_progress_notify_interval,
             lease_checkpoint_interval,
+            client_cert_auth,
+            auth,
         })
     }
 }
@@ -504,74 +544,6 @@ fn socket_addrs(field: &'static str, urls: &[String]) -> Result<Vec<Listen>, Con
         .collect()
 }
 
-/// One side's TLS flags as given (the client port's, or the peer port's).
-struct Side {
-    name: &'static str,
-    cert_flag: &'static str,
-    cert_file: Option<PathBuf>,
-    key_file: Option<PathBuf>,
-    trusted_ca_file: Option<PathBuf>,
-    client_cert_auth: bool,
-    auto_tls: bool,
-    allowed_cn: Option<String>,
-}
-
-impl Side {
-    /// What the side's `https://` listeners serve with, and how to dial its
-    /// `https://` URLs. The files are read now, so a bad one is an error at
-    /// start; an --auto-tls certificate is made now if the data directory
-    /// has none.
-    fn build(
-        self,
-        data_dir: &std::path::Path,
-        listens: &[Listen],
-        urls: &[String],
-    ) -> Result<(Option<Arc<rustls::ServerConfig>>, Dialer), ConfigError> {
-        let field = self.cert_flag;
-        let fail = |e: crate::tls::TlsError| invalid(field, e.to_string());
-        if self.cert_file.is_some() != self.key_file.is_some() {
-            return Err(invalid(field, "a certificate and its key are given together (--*cert-file, --*key-file)"));
-        }
-        let given = TlsInfo {
-            cert_file: self.cert_file,
-            key_file: self.key_file,
-            trusted_ca_file: self.trusted_ca_file,
-            client_cert_auth: self.client_cert_auth,
-            allowed_cn: self.allowed_cn,
-            insecure_skip_verify: false,
-        };
-        let info = if !given.has_cert() && self.auto_tls {
-            let hosts: Vec<String> = listens.iter().map(|l| l.addr.ip().to_string()).chain(url_hosts(urls)).collect();
-            let dir = data_dir.join("fixtures").join(self.name);
-            let made = crate::tls::auto::self_signed(&dir, &hosts).map_err(fail)?;
-            TlsInfo { trusted_ca_file: given.trusted_ca_file, ..made }
-        } else {
-            given
-        };
-        let tls_listens = listens.iter().any(|l| l.tls);
-        let server = if tls_listens {
-            if !info.has_cert() {
-                return Err(invalid(
-                    field,
-                    format!("`https://` {} URLs need --{field} and its key, or auto TLS", self.name),
-                ));
-            }
-            Some(info.server_config().map_err(fail)?)
-        } else {
-            None
-        };
-        Ok((server, Dialer::new(&info).map_err(fail)?))
-    }
-}
-
-/// The hosts of `https://` URLs (for an --auto-tls certificate's names).
-fn url_hosts(urls: &[String]) -> impl Iterator<Item = String> + '_ {
-    urls.iter().filter_map(|u| u.strip_prefix("https://")).filter_map(|hostport| {
-        let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
-        Some(host.trim_start_matches('[').trim_end_matches(']').to_string()).filter(|h| !h.is_empty())
-    })
-}
-
 /// `name=url,name=url` → members, with ids derived from the token and name.
 pub fn parse_initial_cluster(list: &str, token: &str) -> Result<Vec<Member>, ConfigError> {
     let mut members: Vec<Member> = Vec::new();
@@ -609,151 +581,5 @@ fn cluster_id(token: &str, ids: &[u64]) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn three() -> ServerArgs {
-        ServerArgs {
-            name: Some("b".into()),
-            initial_cluster: Some("a=http://127.0.0.1:1,b=http://127.0.0.1:2,c=http://127.0.0.1:3".into()),
-            initial_advertise_peer_urls: Some("http://127.0.0.1:2".into()),
-            listen_peer_urls: Some("http://127.0.0.1:2".into()),
-            ..ServerArgs::default()
-        }
-    }
-
-    #[test]
-    fn defaults_are_etcds() {
-        let s = ServerArgs::default().resolve().unwrap();
-        assert_eq!(s.name, "default");
-        let plain = |addr: &str| vec![Listen { addr: addr.parse().unwrap(), tls: false }];
-        assert_eq!(s.client_addrs, plain("127.0.0.1:2379"));
-        assert_eq!(s.peer_addrs, plain("127.0.0.1:2380"));
-        assert!(s.client_tls.is_none() && s.peer_tls.is_none());
-        assert_eq!((s.heartbeat, s.election_ticks, s.max_request_bytes), (Duration::from_millis(100), 10, 1572864));
-        assert_eq!(s.members.len(), 1);
-    }
-
-    #[test]
-    fn https_urls_need_a_certificate_and_its_key() {
-        let https_client = ServerArgs { listen_client_urls: Some("https://127.0.0.1:2379".into()), ..three() };
-        let e = https_client.clone().resolve().unwrap_err();
-        assert_eq!(e.field, "cert-file", "{e}");
-        let e = ServerArgs { cert_file: Some("/nonexistent/cert.pem".into()), ..https_client.clone() }
-            .resolve()
-            .unwrap_err();
-        assert!(e.reason.contains("together"), "a certificate without its key: {e}");
-        let e = ServerArgs {
-            cert_file: Some("/nonexistent/cert.pem".into()),
-            key_file: Some("/nonexistent/key.pem".into()),
-            ..https_client
-        }
-        .resolve()
-        .unwrap_err();
-        assert!(e.field == "cert-file" && e.reason.contains("/nonexistent/cert.pem"), "{e}");
-        let https_peer = ServerArgs {
-            listen_peer_urls: Some("https://127.0.0.1:2".into()),
-            initial_advertise_peer_urls: Some("https://127.0.0.1:2".into()),
-            initial_cluster: Some("a=https://127.0.0.1:1,b=https://127.0.0.1:2,c=https://127.0.0.1:3".into()),
-            ..three()
-        };
-        assert_eq!(https_peer.resolve().unwrap_err().field, "peer-cert-file");
-        let e = ServerArgs { listen_client_urls: Some("unix:///x".into()), ..three() }.resolve().unwrap_err();
-        assert_eq!(e.field, "listen-client-urls");
-    }
-
-    #[test]
-    fn tls_listeners_serve_with_the_given_certificate() {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = crate::tls::generate::Authority::create(dir.path(), "ca").unwrap();
-        let cert = ca.issue(dir.path(), "m", "m", &["127.0.0.1"]).unwrap();
-        let s = ServerArgs {
-            listen_client_urls: Some("https://127.0.0.1:2379,http://127.0.0.1:2381".into()),
-            cert_file: Some(cert.cert_file.clone()),
-            key_file: Some(cert.key_file.clone()),
-            trusted_ca_file: Some(ca.cert_file.clone()),
-            client_cert_auth: true,
-            ..three()
-        }
-        .resolve()
-        .unwrap();
-        assert_eq!(s.client_addrs.iter().map(|l| l.tls).collect::<Vec<_>>(), [true, false]);
-        assert!(s.client_tls.is_some() && s.peer_tls.is_none());
-        // A key that is not the certificate's is refused at start.
-        let other = ca.issue(dir.path(), "other", "other", &["127.0.0.1"]).unwrap();
-        let e = ServerArgs {
-            listen_client_urls: Some("https://127.0.0.1:2379".into()),
-            cert_file: Some(cert.cert_file),
-            key_file: Some(other.key_file),
-            ..three()
-        }
-        .resolve()
-        .unwrap_err();
-        assert_eq!(e.field, "cert-file", "{e}");
-    }
-
-    #[test]
-    fn auto_tls_makes_a_certificate_once_and_keeps_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let args = ServerArgs {
-            data_dir: Some(dir.path().join("data")),
-            listen_client_urls: Some("https://127.0.0.1:2379".into()),
-            auto_tls: true,
-            ..three()
-        };
-        args.clone().resolve().unwrap();
-        let cert = dir.path().join("data/fixtures/client/cert.pem");
-        let first = std::fs::read(&cert).unwrap();
-        args.resolve().unwrap();
-        assert_eq!(std::fs::read(&cert).unwrap(), first, "a restart serves the same certificate");
-    }
-
-    #[test]
-    fn every_member_derives_the_same_ids() {
-        let b = three().resolve().unwrap();
-        let a = ServerArgs {
-            name: Some("a".into()),
-            initial_advertise_peer_urls: Some("http://127.0.0.1:1".into()),
-            ..three()
-        }
-        .resolve()
-        .unwrap();
-        assert_eq!(a.cluster_id, b.cluster_id);
-        assert_eq!(a.members, b.members);
-        assert_ne!(a.member_id, b.member_id);
-        let other = ServerArgs { initial_cluster_token: Some("other".into()), ..three() }.resolve().unwrap();
-        assert_ne!(other.cluster_id, b.cluster_id, "the token separates clusters");
-    }
-
-    #[test]
-    fn bad_settings_name_the_field() {
-        let cases = [
-            (ServerArgs { name: Some("zz".into()), ..three() }, "initial-cluster"),
-            (ServerArgs { initial_cluster: Some("a=ftp://x".into()), ..three() }, "initial-cluster"),
-            (ServerArgs { listen_client_urls: Some("127.0.0.1:2379".into()), ..three() }, "listen-client-urls"),
-            (ServerArgs { initial_cluster_state: Some("old".into()), ..three() }, "initial-cluster-state"),
-            (ServerArgs { election_timeout: Some(100), ..three() }, "election-timeout"),
-            (
-                ServerArgs { initial_advertise_peer_urls: Some("http://127.0.0.1:9".into()), ..three() },
-                "initial-advertise-peer-urls",
-            ),
-        ];
-        for (args, field) in cases {
-            let err = args.resolve().unwrap_err();
-            assert_eq!(err.field, field, "{err}");
-        }
-    }
-
-    #[test]
-    fn file_settings_are_overridden_by_flags() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raftkv.toml");
-        std::fs::write(&path, "name = \"a\"\nheartbeat-interval = 50\nelection-timeout = 500\n").unwrap();
-        let file = ServerArgs::from_file(&path).unwrap();
-        let s = ServerArgs { name: Some("b".into()), ..ServerArgs::default() }.over(file).resolve().unwrap();
-        assert_eq!((s.name.as_str(), s.heartbeat, s.election_ticks), ("b", Duration::from_millis(50), 10));
-        std::fs::write(&path, "nmae = \"typo\"\n").unwrap();
-        let err = ServerArgs::from_file(&path).unwrap_err();
-        assert!(err.to_string().contains("nmae"), "{err}");
-    }
-}
+mod tests;
+mod tls;

@@ -36,10 +36,10 @@ struct Cli {
     tls: ClientTls,
     /// Log in as this user (NAME or NAME:PASSWORD; without one, the password
     /// is --password or read from stdin), as etcdctl's --user.
-    #[arg(long, global = true, env = "RAFTKV_USER")]
+    #[arg(id = "login_user", long = "user", global = true, env = "RAFTKV_USER")]
     user: Option<String>,
     /// The password of --user.
-    #[arg(long, global = true, env = "RAFTKV_PASSWORD", hide_env_values = true)]
+    #[arg(id = "login_password", long = "password", global = true, env = "RAFTKV_PASSWORD", hide_env_values = true)]
     password: Option<String>,
 }
 
@@ -347,8 +347,9 @@ enum BenchWorkload {
 
 #[derive(clap::Args)]
 struct Conn {
-    /// Comma-separated client URLs of the cluster.
-    #[arg(long, env = "RAFTKV_ENDPOINTS", default_value = DEV_ENDPOINTS, value_delimiter = ',')]
+    /// Comma-separated client URLs of the cluster (before or after a
+    /// subcommand's arguments, as etcdctl's flag).
+    #[arg(long, global = true, env = "RAFTKV_ENDPOINTS", default_value = DEV_ENDPOINTS, value_delimiter = ',')]
     endpoints: Vec<String>,
 }
 

@@ -291,3 +291,55 @@ async fn failed_logins_are_logged_without_the_password_and_limited_per_address()
     assert!(log.contains("authentication failed") && log.contains("127.0.0.1") && log.contains("app"), "{log}");
     assert!(!log.contains("guess-3f9a") && !log.contains("apppw"), "a password reached the log:\n{log}");
 }
+
+/// `raftkv user|role|auth` take etcdctl's arguments and print its lines:
+/// the same steps, one tool per cluster, compared line for line.
+#[tokio::test(flavor = "multi_thread")]
+async fn raftkv_user_role_and_auth_commands_print_what_etcdctl_prints() {
+    const STEPS: &[(&str, &[&str])] = &[
+        ("-", &["user", "add", "root:rootpw"]),
+        ("-", &["user", "add", "app:apppw"]),
+        ("-", &["role", "add", "app-rw"]),
+        ("-", &["role", "grant-permission", "app-rw", "readwrite", "app/", "--prefix"]),
+        ("-", &["role", "grant-permission", "app-rw", "read", "a", "c"]),
+        ("-", &["role", "grant-permission", "app-rw", "write", "logs", "--from-key"]),
+        ("-", &["user", "grant-role", "app", "app-rw"]),
+        ("-", &["auth", "enable"]),
+        ("root:rootpw", &["user", "get", "app"]),
+        ("root:rootpw", &["role", "get", "app-rw"]),
+        ("root:rootpw", &["user", "list"]),
+        ("root:rootpw", &["role", "list"]),
+        ("root:rootpw", &["user", "add", "app:again"]),
+        ("root:rootpw", &["role", "revoke-permission", "app-rw", "a", "c"]),
+        ("root:rootpw", &["role", "revoke-permission", "app-rw", "app/", "--prefix"]),
+        ("root:rootpw", &["user", "revoke-role", "app", "app-rw"]),
+        ("app:apppw", &["user", "list"]),
+        ("root:rootpw", &["role", "delete", "app-rw"]),
+        ("root:rootpw", &["user", "delete", "app"]),
+        ("root:rootpw", &["auth", "disable"]),
+    ];
+    let theirs_cluster = Cluster::start_with(1, &FAST_HASHES);
+    let ours_cluster = Cluster::start_with(1, &FAST_HASHES);
+    theirs_cluster.wait_leader(LIMIT).await;
+    ours_cluster.wait_leader(LIMIT).await;
+    let (theirs, ours) = (&theirs_cluster.endpoints()[0], &ours_cluster.endpoints()[0]);
+    for (user, args) in STEPS {
+        let login = format!("--user={user}");
+        let mut all: Vec<&str> = if *user == "-" { vec![] } else { vec![&login] };
+        all.extend_from_slice(args);
+        let (their_ok, their_out, their_error) = run(theirs, &all);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_raftkv"))
+            .args(&all)
+            .args(["--endpoints", ours])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let our_error = String::from_utf8_lossy(&out.stderr).trim().replacen("error: ", "Error: ", 1);
+        let our_out = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(
+            (out.status.success(), our_out.as_str(), our_error.as_str()),
+            (their_ok, their_out.as_str(), their_error.as_str()),
+            "raftkv {all:?} differs from etcdctl"
+        );
+    }
+}

@@ -326,10 +326,10 @@ pub async fn run_role(op: RoleOp, endpoints: &[String]) -> Result<(), ClientErro
         RoleOp::RevokePermission { role, key, end, prefix, from_key } => {
             let (key, range_end) = perm_keys(&key, end, prefix, from_key)?;
             client.role_revoke_permission(&role, &key, &range_end).await?;
-            let shown = describe(&Permission { key: key.into(), range_end: range_end.into(), ..Default::default() });
-            match shown.starts_with('[') {
-                true => println!("Permission of range {shown} is revoked from role {role}"),
-                false => println!("Permission of key {shown} is revoked from role {role}"),
+            let (key, end) = (String::from_utf8_lossy(&key), String::from_utf8_lossy(&range_end));
+            match range_end.is_empty() {
+                true => println!("Permission of key {key} is revoked from role {role}"),
+                false => println!("Permission of range [{key}, {end}) is revoked from role {role}"),
             }
         }
     }

@@ -341,6 +341,8 @@ async fn over_mutual_tls_a_certificate_names_its_user_and_the_etcd_client_crate_
     // A token wins over the certificate: app's certificate, root's password.
     let (ok, out, error) = ctl(&app, &["--user=root:rootpw", "put", "outside", "1"]);
     assert!(ok, "{out}{error}");
+    let (ok, _, error) = ctl(&app, &["--user=app:wrong", "put", "app/x", "1"]);
+    assert!(!ok && error.contains("authentication failed, invalid user ID or password"), "{error}");
 
     let tls = etcd_client::TlsOptions::new()
         .ca_certificate(etcd_client::Certificate::from_pem(std::fs::read(&pki.ca.cert_file).unwrap()))
@@ -369,5 +371,10 @@ async fn over_mutual_tls_a_certificate_names_its_user_and_the_etcd_client_crate_
         failed.as_deref().unwrap_or_default().contains("authentication failed, invalid user ID or password"),
         "{failed:?}"
     );
+    // Off again, by root over TLS: the app certificate may write anywhere.
+    let (ok, out, error) = ctl(&app, &["--user=root:rootpw", "auth", "disable"]);
+    assert!(ok && out == "Authentication Disabled\n", "{out}{error}");
+    let (ok, out, error) = ctl(&app, &["put", "outside", "3"]);
+    assert!(ok, "{out}{error}");
     cluster.kill(0);
 }

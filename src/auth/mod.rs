@@ -245,14 +245,12 @@ impl AuthStore {
                 existing.password = user.password.clone();
             }
             auth_change::Change::UserGrantRole(req) => {
-                if req.role != ROOT && !self.roles.contains_key(&req.role) {
-                    // Checked first only when the user exists, as etcd does.
-                    if !self.users.contains_key(&req.user) {
-                        return Err(AuthError::UserNotFound);
-                    }
+                // The `root` role needs no adding before it is granted.
+                let role_exists = req.role == ROOT || self.roles.contains_key(&req.role);
+                let user = self.users.get_mut(&req.user).ok_or(AuthError::UserNotFound)?;
+                if !role_exists {
                     return Err(AuthError::RoleNotFound);
                 }
-                let user = self.users.get_mut(&req.user).ok_or(AuthError::UserNotFound)?;
                 match user.roles.binary_search(&req.role) {
                     Ok(_) => return Ok(()),
                     Err(at) => user.roles.insert(at, req.role.clone()),

@@ -72,8 +72,8 @@ impl Dialer {
         }
         match &self.0 {
             Some(config) => Some(config.clone()),
-            None => match TlsInfo::default().client_config() {
-                Ok(config) => Some(config),
+            None => match default_config() {
+                Ok(config) => Some(config.clone()),
                 Err(e) => {
                     tracing::warn!("no TLS settings to connect to {} with: {e}", target.endpoint.uri());
                     None
@@ -98,6 +98,13 @@ impl Dialer {
             None => target.endpoint.connect_lazy(),
         }
     }
+}
+
+/// The settings for `https://` URLs when none were given: the system's
+/// roots, read once per process (reading them costs milliseconds).
+fn default_config() -> &'static Result<Arc<ClientConfig>, String> {
+    static DEFAULT: std::sync::OnceLock<Result<Arc<ClientConfig>, String>> = std::sync::OnceLock::new();
+    DEFAULT.get_or_init(|| TlsInfo::default().client_config().map_err(|e| e.to_string()))
 }
 
 /// A URL to dial: tonic's endpoint for it, and whether it speaks TLS.
